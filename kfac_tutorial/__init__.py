@@ -7,3 +7,8 @@ against catastrophic forgetting, with medical entity linkers and data.
 """
 
 __version__ = "0.1.0"
+
+from .consolidation import EWC, KFAC, Consolidation, ConsolidationSum, load  # noqa: E402
+from .persistence import StateFileError, StateMismatchError  # noqa: E402
+
+__all__ = ["EWC", "KFAC", "Consolidation", "ConsolidationSum", "load", "StateFileError", "StateMismatchError", "__version__"]

@@ -1,0 +1,158 @@
+"""Recording module calls during a forward pass (inputs, outputs and padding masks).
+
+A :class:`CallRecorder` registers forward hooks on the layers whose curvature is
+estimated. Each call of such a layer, including repeated calls of one module within one
+forward pass (a bi-encoder encodes mentions and candidate names with the same encoder),
+is kept as a :class:`Call`: the detached input, the graph-connected output (gradients
+with respect to it are the ``g`` of KFAC) and the padding mask that applies to it.
+
+Padding masks. Hugging Face models take ``attention_mask=`` as a keyword argument. The
+recorder watches every submodule call for such a keyword (and the ``attention_mask``
+entry of a dict input, registered by the caller with :meth:`CallRecorder.push_mask`);
+while that call runs, a layer whose input has leading shape ``(rows, T)`` equal to a
+known 2-D mask's shape takes that mask (innermost first). Positions with mask 0 are
+padding: they are excluded from the Kronecker factors. Pass masks as keywords.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Call:
+    """One call of a recorded module.
+
+    Attributes:
+        name: the module's name in ``model.named_modules()``.
+        module: the module.
+        index: the how-many-th call of this module in the current forward pass.
+        input: the first positional input, detached; leading dimension ``rows``.
+        output: the output tensor, still attached to the graph.
+        mask: boolean ``(rows, T)`` padding mask (True = real token) or ``None``.
+    """
+
+    name: str
+    module: nn.Module
+    index: int
+    input: Tensor
+    output: Tensor
+    mask: Optional[Tensor]
+    version: int = field(default=0)
+
+    @property
+    def rows(self) -> int:
+        return self.input.shape[0]
+
+    def check_not_modified(self) -> None:
+        """Refuse outputs modified in place after the call (their gradient would be wrong)."""
+        if self.output._version != self.version:
+            raise RuntimeError(
+                f"the output of module '{self.name}' was modified in place after the call "
+                "(e.g. by nn.ReLU(inplace=True)); its gradient cannot be recovered. "
+                "Use the out-of-place version of that operation."
+            )
+
+
+class CallRecorder:
+    """Context manager that records calls of ``modules`` (a dict name -> module)."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]):
+        self.model = model
+        self.modules = modules
+        self.calls: list[Call] = []
+        self._masks: list[tuple[int, Optional[Tensor]]] = []
+        self._handles: list = []
+        self._counts: dict[str, int] = {}
+        self.active = True
+
+    # -- padding masks -------------------------------------------------------------
+    def push_mask(self, mask: Optional[Tensor]) -> None:
+        """Register an outer mask (e.g. the ``attention_mask`` of a dict input)."""
+        self._masks.append((0, mask))
+
+    def find_mask(self, rows: int, length: int) -> Optional[Tensor]:
+        """The innermost known 2-D mask of shape ``(rows, length)``, as booleans."""
+        for _, mask in reversed(self._masks):
+            if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (rows, length):
+                return mask.bool()
+        return None
+
+    def _mask_pre_hook(self, module, args, kwargs):
+        if not self.active:
+            return
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor):
+            self._masks.append((id(module), mask.detach()))
+
+    def _mask_post_hook(self, module, args, kwargs, output):
+        if self._masks and self._masks[-1][0] == id(module):
+            self._masks.pop()
+
+    # -- layer calls -----------------------------------------------------------------
+    def _make_layer_hook(self, name: str):
+        def hook(module, args, output):
+            if not self.active:
+                return
+            if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+                raise TypeError(f"module '{name}' must be called with a tensor and return a tensor")
+            x = args[0]
+            mask = None
+            if x.dim() >= 3 or (isinstance(module, nn.Embedding) and x.dim() == 2):
+                length = x.shape[-1] if isinstance(module, nn.Conv1d) else x.shape[1]
+                mask = self.find_mask(x.shape[0], length)
+            index = self._counts.get(name, 0)
+            self._counts[name] = index + 1
+            if output.requires_grad:
+                self.calls.append(
+                    Call(name, module, index, x.detach(), output, mask, version=output._version)
+                )
+
+        return hook
+
+    def __enter__(self) -> "CallRecorder":
+        for module in self.model.modules():
+            self._handles.append(module.register_forward_pre_hook(self._mask_pre_hook, with_kwargs=True))
+            self._handles.append(
+                module.register_forward_hook(self._mask_post_hook, with_kwargs=True, always_call=True)
+            )
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
+        return self
+
+    def reset(self) -> None:
+        """Forget the calls of the previous forward pass."""
+        self.calls = []
+        self._counts = {}
+        self._masks = []
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def batch_size_of(inputs) -> int:
+    """Leading dimension of a tensor input, or of the first tensor in a dict/tuple input."""
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    for value in values:
+        if isinstance(value, Tensor):
+            return value.shape[0]
+    raise TypeError("inputs must be a tensor or a dict/tuple containing tensors")
+
+
+def to_device(inputs, device: torch.device):
+    """Move a tensor, or the tensors of a dict/list/tuple, to ``device``."""
+    if isinstance(inputs, Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(to_device(v, device) for v in inputs)
+    return inputs

@@ -1,0 +1,399 @@
+"""One pass over the data that estimates Kronecker factors and diagonal Fisher entries.
+
+Definitions (``N`` examples; backprop vectors ``v`` with weights ``w_v`` from
+:mod:`.flavours`; ``g_s`` = gradient of ``v · f_n`` w.r.t. the layer output at
+position ``s``; ``a_s`` = layer input at ``s`` with a 1 appended when the layer has a
+trainable bias):
+
+* Positions of an example. ``S_n`` is every position that example ``n``'s outputs
+  depend on, over every call of the layer in the forward pass: a call whose rows are
+  the batch's examples (checked once per call site by a probe: row ``n`` of the call
+  must depend on example ``n`` only) contributes row ``n``'s positions; any other call
+  (candidate names encoded once per batch, a ``(1, T)`` position-id call, a layer that
+  mixes the batch) is *shared*: all its positions belong to every example, and its
+  per-example output gradients are computed exactly with batched back-propagation
+  (``is_grads_batched``), never by squaring a batch-summed gradient. Padding positions
+  (mask 0) are excluded from the factors.
+* ``expand``: ``A = Σ_n Σ_{s∈S_n} a_s a_sᵀ / Σ_n |S_n|``,
+  ``G = (1/N) Σ_n Σ_v w_v Σ_{s∈S_n} g_s g_sᵀ`` (positions are extra examples; exact for
+  deep linear networks whose loss is applied per position).
+* ``reduce``: ``A = (1/N) Σ_n ā_n ā_nᵀ`` with ``ā_n = mean_{s∈S_n} a_s``,
+  ``G = (1/N) Σ_n Σ_v w_v ĝ_n ĝ_nᵀ`` with ``ĝ_n = Σ_{s∈S_n} g_s`` (exact for deep linear
+  networks that pool positions before the loss; the mention linkers pool).
+* Embedding layers always use ``expand``: their input is one-hot, so ``A`` is the
+  diagonal of token frequencies, kept as a vector (reduce would make it dense V×V).
+* Diagonal entries: ``(1/N) Σ_n Σ_v w_v (per-example gradient)²`` where the
+  per-example gradient sums every call (all positions, padding included: it is the
+  true gradient). Layers without a rule fall back to ``torch.func`` per-example
+  gradients (``vmap(grad)``), exact for any model that ``vmap`` supports.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .capture import Call, CallRecorder, batch_size_of, to_device
+from .flavours import FisherType, Likelihood, backprop_vectors
+from .layers import SparseRows, rule_for
+
+
+class WeightSharing:
+    """Treatment of weight-sharing (token, position) dimensions: ``expand`` or ``reduce``."""
+
+    EXPAND = "expand"
+    REDUCE = "reduce"
+    CHOICES = (EXPAND, REDUCE)
+
+
+@dataclass
+class LayerFactors:
+    """Kronecker factors of one layer: ``F_layer ≈ G ⊗ A`` in row-major ``vec([W | b])``.
+
+    Attributes:
+        kind: ``"linear"``, ``"conv1d"`` or ``"embedding"``.
+        A: input factor; ``(d_in(+1), d_in(+1))``; for an embedding the ``(V,)`` diagonal
+            (then ``F_layer ≈ diag(A) ⊗ G`` over ``vec(W)`` with ``W`` of shape ``(V, D)``).
+        G: output-gradient factor ``(d_out, d_out)`` (embedding: ``(D, D)``).
+        weight: name of the weight parameter; bias: name of the bias (or None), whose
+            entries are the last input column of ``[W | b]``.
+    """
+
+    kind: str
+    A: Tensor
+    G: Tensor
+    weight: str
+    bias: Optional[str] = None
+
+
+@dataclass
+class Estimate:
+    num_examples: int
+    factors: dict[str, LayerFactors] = field(default_factory=dict)
+    diagonal: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _module_matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in patterns)
+
+
+class _Plan:
+    """Which parameters get Kronecker factors, which a hook-based or a vmap diagonal."""
+
+    def __init__(self, model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], exclude: set[str] = frozenset()):
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        name_of = {id(p): n for n, p in self.params.items()}
+        owners = defaultdict(list)  # param id -> [(module name, module, attribute)]
+        self.modules = dict(model.named_modules())
+        for mname, module in self.modules.items():
+            for attr, p in module.named_parameters(recurse=False):
+                if p.requires_grad:
+                    owners[id(p)].append((mname, module, attr))
+
+        def sole_owner(p) -> bool:
+            return p is not None and p.requires_grad and len(owners[id(p)]) == 1
+
+        self.kronecker: dict[str, tuple[str, Optional[str]]] = {}  # module -> (weight, bias)
+        if kronecker:
+            for mname, module in self.modules.items():
+                rule = rule_for(module)
+                if rule is None or rule.kind is None or mname in exclude:
+                    continue
+                if _module_matches(mname, diagonal_modules) or not sole_owner(getattr(module, "weight", None)):
+                    continue
+                bias = getattr(module, "bias", None)
+                self.kronecker[mname] = (name_of[id(module.weight)], name_of[id(bias)] if sole_owner(bias) else None)
+        in_kron = {n for pair in self.kronecker.values() for n in pair if n is not None}
+
+        self.hook_diag: dict[str, list[tuple[str, str]]] = defaultdict(list)  # module -> [(attr, param)]
+        self.vmap_diag: list[str] = []
+        for pname, p in self.params.items():
+            if pname in in_kron:
+                continue
+            owner_list = owners[id(p)]
+            if owner_list and all(rule_for(m) is not None and mn not in exclude for mn, m, _ in owner_list):
+                for mn, _, attr in owner_list:
+                    self.hook_diag[mn].append((attr, pname))
+            else:
+                self.vmap_diag.append(pname)
+        self.recorded = {m: self.modules[m] for m in set(self.kronecker) | set(self.hook_diag)}
+
+
+def _accumulate_pe(store: dict, pname: str, grad, batch: int, param: Tensor) -> None:
+    """Add one call's per-example gradient for ``pname`` (dense or SparseRows)."""
+    old = store.get(pname)
+    if old is None:
+        store[pname] = grad
+    elif isinstance(old, SparseRows) and isinstance(grad, SparseRows):
+        store[pname] = SparseRows(torch.cat([old.example, grad.example]), torch.cat([old.row, grad.row]), torch.cat([old.values, grad.values]))
+    else:
+        dense = [g.to_dense(batch, param.shape[0]) if isinstance(g, SparseRows) else g for g in (old, grad)]
+        store[pname] = dense[0] + dense[1]
+
+
+def _squared_sum(grad, param: Tensor) -> Tensor:
+    if isinstance(grad, SparseRows):
+        return grad.squared_sum(param.shape[0])
+    return grad.square().sum(0)
+
+
+def _batched_output_grads(outputs: Tensor, tensors: list[Tensor], v: Tensor, chunk: int) -> list[Tensor]:
+    """Per-example gradients of ``v_n · outputs_n`` w.r.t. each tensor: ``(B, *tensor.shape)``."""
+    batch = outputs.shape[0]
+    pieces: list[list[Tensor]] = [[] for _ in tensors]
+    for start in range(0, batch, chunk):
+        idx = torch.arange(start, min(batch, start + chunk), device=outputs.device)
+        grad_outputs = torch.zeros(len(idx), *outputs.shape, dtype=outputs.dtype, device=outputs.device)
+        grad_outputs[torch.arange(len(idx)), idx] = v[idx]
+        grads = torch.autograd.grad(outputs, tensors, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        for j, (g, t) in enumerate(zip(grads, tensors)):
+            pieces[j].append(g if g is not None else torch.zeros(len(idx), *t.shape, dtype=t.dtype, device=t.device))
+    return [torch.cat(p) for p in pieces]
+
+
+class _Prepared:
+    """A call turned into positions: ``a`` (r, P, d) with r = B (aligned) or 1 (shared)."""
+
+    def __init__(self, call: Call, shared: bool):
+        rule = rule_for(call.module)
+        self.call, self.rule, self.shared = call, rule, shared
+        a = rule.inputs(call.module, call.input)
+        mask = rule.position_mask(call.module, call.input, call.output, call.mask)
+        if shared:  # all rows of the call are positions of every example
+            a = a.reshape(1, -1, *a.shape[2:])
+            mask = None if mask is None else mask.reshape(1, -1)
+        self.a, self.mask = a, mask
+
+    def output_grads(self, grad: Tensor) -> Tensor:
+        """``(B, P, d_out)`` from the gradient w.r.t. the call's output (batched if shared)."""
+        if not self.shared:
+            return self.rule.output_grads(self.call.module, grad)
+        batch, rows = grad.shape[:2]
+        g = self.rule.output_grads(self.call.module, grad.reshape(batch * rows, *grad.shape[2:]))
+        return g.reshape(batch, -1, g.shape[-1])
+
+
+def estimate(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    fisher: FisherType,
+    likelihood: Likelihood,
+    mc_samples: int = 1,
+    seed: int = 0,
+    kronecker: bool = True,
+    weight_sharing: str = WeightSharing.REDUCE,
+    diagonal_modules: Sequence[str] = (),
+    progress: bool = False,
+    chunk_size: int = 8,
+    description: str = "Fisher",
+) -> Estimate:
+    """Estimate the mean per-example Fisher of ``model`` over ``batches`` (see module doc)."""
+    plan = _Plan(model, kronecker, diagonal_modules)
+    if not plan.params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to estimate.")
+    first_param = next(iter(plan.params.values()))
+    device = first_param.device
+    acc_dtype = torch.float64 if any(p.dtype == torch.float64 for p in plan.params.values()) else torch.float32
+    generator = torch.Generator(device=device).manual_seed(seed)
+    probe_generator = torch.Generator(device=device).manual_seed(seed + 7919)
+    aligned_cache: dict[tuple[str, int], bool] = {}
+
+    A: dict[str, Tensor] = {}
+    G: dict[str, Tensor] = {}
+    positions = defaultdict(float)
+    diag = {n: torch.zeros(plan.params[n].shape, dtype=acc_dtype, device=device) for n in plan.params}
+    num_examples = 0
+    was_training = model.training
+    model.eval()
+    total = len(batches) if hasattr(batches, "__len__") else None
+    try:
+        recorder = CallRecorder(model, plan.recorded)
+        with recorder:
+            for batch_index, batch in enumerate(tqdm(batches, total=total, disable=not progress, desc=description, leave=False)):
+                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                    raise TypeError("each batch must be a pair (inputs, targets); use targets=None for exact/mc Fisher.")
+                inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
+                recorder.reset()
+                if isinstance(inputs, dict) and isinstance(inputs.get("attention_mask"), Tensor):
+                    recorder.push_mask(inputs["attention_mask"])
+                with torch.enable_grad():
+                    outputs = model(inputs)
+                if not isinstance(outputs, Tensor):
+                    raise TypeError(f"model(inputs) must return a tensor of logits, got {type(outputs).__name__}")
+                batch_size = outputs.shape[0]
+                if batch_size != batch_size_of(inputs):
+                    raise ValueError(f"model outputs have {batch_size} rows but the inputs have {batch_size_of(inputs)} examples")
+                calls = recorder.calls
+                if batch_index == 0:  # modules never called (e.g. used functionally) fall back to vmap
+                    silent = set(plan.recorded) - {c.name for c in calls}
+                    if silent:
+                        plan = _Plan(model, kronecker, diagonal_modules, exclude=silent)
+                        calls = [c for c in calls if c.name in plan.recorded]
+                for call in calls:
+                    call.check_not_modified()
+                prepared = _prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator, chunk_size)
+                _accumulate_A(plan, prepared, batch_size, weight_sharing, A, positions, acc_dtype)
+                vectors = backprop_vectors(outputs, targets, fisher, likelihood, mc_samples, generator)
+                for v, w in vectors:
+                    _accumulate_vector(plan, prepared, outputs, v.to(outputs.dtype), w, batch_size, weight_sharing, G, diag, acc_dtype, chunk_size)
+                    if plan.vmap_diag:
+                        recorder.active = False
+                        try:
+                            _vmap_diagonal(model, plan, inputs, v, w, diag, acc_dtype, chunk_size)
+                        finally:
+                            recorder.active = True
+                num_examples += batch_size
+                del outputs, prepared, calls
+                recorder.reset()
+    finally:
+        model.train(was_training)
+    if num_examples == 0:
+        raise ValueError("batches is empty: the Fisher needs at least one example.")
+
+    result = Estimate(num_examples=num_examples)
+    for mname, (wname, bname) in plan.kronecker.items():
+        kind = rule_for(plan.modules[mname]).kind
+        sharing = WeightSharing.EXPAND if kind == "embedding" else weight_sharing
+        norm_A = positions[mname] if sharing == WeightSharing.EXPAND else num_examples
+        a_mat = A.get(mname)
+        g_mat = G.get(mname)
+        if a_mat is None or g_mat is None:  # never reached the outputs: zero curvature
+            module = plan.modules[mname]
+            d_out = module.weight.shape[1] if kind == "embedding" else module.weight.shape[0]
+            g_mat = torch.zeros(d_out, d_out, dtype=acc_dtype, device=device)
+            if a_mat is None:
+                d_in = module.weight.shape[0] if kind == "embedding" else module.weight[0].numel() + (bname is not None)
+                a_mat = torch.zeros(d_in, dtype=acc_dtype, device=device) if kind == "embedding" else torch.zeros(d_in, d_in, dtype=acc_dtype, device=device)
+        result.factors[mname] = LayerFactors(kind, a_mat / max(norm_A, 1), g_mat / num_examples, wname, bname)
+    in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
+    result.diagonal = {n: d / num_examples for n, d in diag.items() if n not in in_kron}
+    return result
+
+
+def _prepare_calls(calls, outputs, batch_size, aligned_cache, generator, chunk_size) -> list[_Prepared]:
+    """Decide for every call whether its rows are the batch's examples, then prepare it."""
+    unknown = [c for c in calls if c.rows == batch_size and batch_size > 1 and (c.name, c.index) not in aligned_cache]
+    if unknown:
+        v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
+        grad_outputs = torch.zeros(2, *outputs.shape, dtype=outputs.dtype, device=outputs.device)
+        grad_outputs[0, 0], grad_outputs[1, 1] = v[0], v[1]
+        grads = torch.autograd.grad(outputs, [c.output for c in unknown], grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        for call, g in zip(unknown, grads):
+            aligned = g is None or (_is_zero(g[0, 1:]) and _is_zero(g[1, :1]) and _is_zero(g[1, 2:]))
+            aligned_cache[(call.name, call.index)] = bool(aligned)
+    prepared = []
+    for call in calls:
+        shared = call.rows != batch_size or (batch_size > 1 and not aligned_cache[(call.name, call.index)])
+        prepared.append(_Prepared(call, shared))
+    return prepared
+
+
+def _is_zero(t: Tensor) -> bool:
+    return t.numel() == 0 or bool(t.abs().max() == 0)
+
+
+def _homogeneous(a: Tensor, bias: bool) -> Tensor:
+    return torch.cat([a, torch.ones_like(a[..., :1])], dim=-1) if bias else a
+
+
+def _accumulate_A(plan, prepared, batch_size, weight_sharing, A, positions, acc_dtype) -> None:
+    """Input factors (do not depend on the backprop vectors)."""
+    reduce_sums: dict[str, tuple[Tensor, Tensor]] = {}
+    for p in prepared:
+        name = p.call.name
+        if name not in plan.kronecker:
+            continue
+        mult = batch_size if p.shared else 1
+        kind = p.rule.kind
+        valid = p.mask if p.mask is not None else torch.ones(p.a.shape[:2], dtype=torch.bool, device=p.a.device)
+        if kind == "embedding":
+            counts = torch.bincount(p.a[valid].reshape(-1), minlength=p.call.module.num_embeddings).to(acc_dtype)
+            A[name] = A.get(name, 0) + mult * counts
+            positions[name] += mult * float(valid.sum())
+            continue
+        a = _homogeneous(p.a.to(acc_dtype), plan.kronecker[name][1] is not None)
+        am = a * valid.unsqueeze(-1)
+        if weight_sharing == WeightSharing.EXPAND:
+            A[name] = A.get(name, 0) + mult * torch.einsum("rpi,rpj->ij", am, a)
+            positions[name] += mult * float(valid.sum())
+        else:
+            s, c = am.sum(1), valid.sum(1).to(acc_dtype)
+            if p.shared:
+                s, c = s.expand(batch_size, -1), c.expand(batch_size)
+            old = reduce_sums.get(name)
+            reduce_sums[name] = (s, c) if old is None else (old[0] + s, old[1] + c)
+    for name, (s, c) in reduce_sums.items():
+        abar = s / c.clamp(min=1).unsqueeze(-1)
+        A[name] = A.get(name, 0) + abar.T @ abar
+
+
+def _accumulate_vector(plan, prepared, outputs, v, w, batch_size, weight_sharing, G, diag, acc_dtype, chunk_size) -> None:
+    """Output-gradient factors and hook-based diagonal entries for one backprop vector."""
+    aligned = [p for p in prepared if not p.shared]
+    shared = [p for p in prepared if p.shared]
+    grads = {}
+    if aligned:
+        gs = torch.autograd.grad(outputs, [p.call.output for p in aligned], v, retain_graph=True, allow_unused=True)
+        grads.update({id(p): g for p, g in zip(aligned, gs)})
+    if shared:
+        gs = _batched_output_grads(outputs, [p.call.output for p in shared], v, chunk_size)
+        grads.update({id(p): g for p, g in zip(shared, gs)})
+
+    ghat: dict[str, Tensor] = {}
+    per_example: dict[str, object] = {}
+    for p in prepared:
+        grad = grads[id(p)]
+        if grad is None:
+            continue
+        name = p.call.name
+        g = p.output_grads(grad)
+        if name in plan.kronecker and p.rule.kind is not None:
+            ga = g.to(acc_dtype)
+            if p.mask is not None:
+                ga = ga * p.mask.unsqueeze(-1)
+            if weight_sharing == WeightSharing.EXPAND or p.rule.kind == "embedding":
+                G[name] = G.get(name, 0) + w * torch.einsum("bpo,bpq->oq", ga, ga)
+            else:
+                s = ga.sum(1)
+                ghat[name] = ghat[name] + s if name in ghat else s
+        if name in plan.hook_diag:
+            pe = p.rule.per_example_grads(p.call.module, p.a, g)
+            for attr, pname in plan.hook_diag[name]:
+                if attr in pe:
+                    _accumulate_pe(per_example, pname, pe[attr], batch_size, plan.params[pname])
+    for name, s in ghat.items():
+        G[name] = G.get(name, 0) + w * (s.T @ s)
+    for pname, pe in per_example.items():
+        diag[pname] += w * _squared_sum(pe, plan.params[pname]).to(acc_dtype)
+
+
+def _vmap_diagonal(model, plan, inputs, v, w, diag, acc_dtype, chunk_size) -> None:
+    """Per-example gradients of ``v_n · f(x_n)`` for the remaining parameters, by torch.func."""
+    from torch.func import functional_call, grad, vmap
+
+    frozen = {n: p.detach() for n, p in model.named_parameters()}
+    frozen.update({n: b for n, b in model.named_buffers()})
+    subset = {n: plan.params[n].detach() for n in plan.vmap_diag}
+
+    def contribution(sub, x, vn):
+        x1 = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, x)
+        out = functional_call(model, {**frozen, **sub}, (x1,))
+        return (out * vn.unsqueeze(0)).sum()
+
+    per_example_grad = vmap(grad(contribution), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    try:
+        pe = per_example_grad(subset, inputs, v)
+    except Exception as err:  # pragma: no cover - depends on the model
+        raise RuntimeError(
+            f"per-example gradients by torch.func.vmap failed for parameters {plan.vmap_diag[:5]} "
+            f"(modules without a curvature rule): {err}. Register a rule in "
+            "kfac_tutorial.curvature.layers for that module type, or freeze those parameters."
+        ) from err
+    for n, g in pe.items():
+        diag[n] += w * g.to(acc_dtype).square().sum(0)
