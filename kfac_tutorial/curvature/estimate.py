@@ -136,10 +136,13 @@ def _accumulate_pe(store: dict, pname: str, grad, batch: int, param: Tensor) -> 
         store[pname] = dense[0] + dense[1]
 
 
-def _squared_sum(grad, param: Tensor) -> Tensor:
+def _add_squared_sum(out: Tensor, grad, weight: float) -> None:
+    """``out += weight · Σ_n grad_n²`` for dense ``(B, *shape)`` or sparse per-example grads."""
     if isinstance(grad, SparseRows):
-        return grad.squared_sum(param.shape[0])
-    return grad.square().sum(0)
+        grad.add_squared_sum_to(out, weight)
+    else:
+        flat = grad.reshape(grad.shape[0], -1).to(out.dtype)
+        out.view(-1).add_(torch.einsum("bk,bk->k", flat, flat), alpha=weight)
 
 
 def _batched_output_grads(outputs: Tensor, tensors: list[Tensor], v: Tensor, chunk: int) -> list[Tensor]:
@@ -370,7 +373,7 @@ def _accumulate_vector(plan, prepared, outputs, v, w, batch_size, weight_sharing
     for name, s in ghat.items():
         G[name] = G.get(name, 0) + w * (s.T @ s)
     for pname, pe in per_example.items():
-        diag[pname] += w * _squared_sum(pe, plan.params[pname]).to(acc_dtype)
+        _add_squared_sum(diag[pname], pe, w)
 
 
 def _vmap_diagonal(model, plan, inputs, v, w, diag, acc_dtype, chunk_size) -> None:

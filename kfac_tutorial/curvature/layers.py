@@ -40,15 +40,15 @@ class SparseRows:
     row: Tensor
     values: Tensor
 
-    def squared_sum(self, num_rows: int) -> Tensor:
-        """``Σ_n (per-example gradient of n)²`` elementwise: a ``(num_rows, D)`` tensor."""
+    def add_squared_sum_to(self, out: Tensor, weight: float = 1.0) -> None:
+        """``out += weight · Σ_n (per-example gradient of n)²`` elementwise; ``out`` is
+        ``(num_rows, D)``. Only rows that occur are touched (no dense ``(B, V, D)``)."""
+        num_rows = out.shape[0]
         key = self.example * num_rows + self.row
         unique, inverse = torch.unique(key, return_inverse=True)
-        summed = torch.zeros(unique.numel(), self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
-        summed.index_add_(0, inverse, self.values)
-        out = torch.zeros(num_rows, self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
-        out.index_add_(0, unique % num_rows, summed.square())
-        return out
+        summed = torch.zeros(unique.numel(), self.values.shape[1], dtype=out.dtype, device=out.device)
+        summed.index_add_(0, inverse, self.values.to(out.dtype))
+        out.index_add_(0, unique % num_rows, weight * summed.square())
 
     def to_dense(self, batch_size: int, num_rows: int) -> Tensor:
         """``(B, num_rows, D)`` dense per-example gradients (memory-hungry; for mixing)."""
