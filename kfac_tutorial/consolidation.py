@@ -194,8 +194,10 @@ class Consolidation:
     def _meta(self) -> dict:
         return {
             "kind": self.kind, "package_version": __version__, "damping": self.damping, "info": self.info,
-            "params": {n: list(a.shape) for n, a in self.anchor.items()},
-            "diagonal": sorted(self.diagonal),
+            # lists, not dicts: the metadata JSON is written with sorted keys, and the
+            # order of the terms fixes the summation order (bit-identical round trips)
+            "params": [[n, list(a.shape)] for n, a in self.anchor.items()],
+            "diagonal": list(self.diagonal),
         }
 
     def _tensors(self, prefix: str = "") -> dict[str, Tensor]:
@@ -218,6 +220,7 @@ class Consolidation:
     @classmethod
     def _from_tensors(cls, tensors, meta, model, prefix, source) -> "Consolidation":
         what = f"the state in {source}"
+        meta = {**meta, "params": dict((n, tuple(s)) for n, s in meta["params"])}
         _check_matches(meta["params"], model, what)
 
         def get(key: str, shape=None) -> Tensor:
@@ -391,7 +394,7 @@ class KFAC(Consolidation):
     # -- persistence ---------------------------------------------------------------------------
     def _meta(self):
         meta = super()._meta()
-        meta["factors"] = {m: {"kind": f.kind, "weight": f.weight, "bias": f.bias} for m, f in self.factors.items()}
+        meta["factors"] = [{"module": m, "kind": f.kind, "weight": f.weight, "bias": f.bias} for m, f in self.factors.items()]
         return meta
 
     def _tensors(self, prefix=""):
@@ -404,7 +407,8 @@ class KFAC(Consolidation):
     def _load_extra(self, tensors, meta, model, prefix, get, source):
         modules = dict(model.named_modules())
         shapes = meta["params"]
-        for m, spec in meta.get("factors", {}).items():
+        for spec in meta.get("factors", []):
+            m = spec["module"]
             if m not in modules:
                 raise StateMismatchError(f"the state in {source} has Kronecker factors for module '{m}', which the model lacks")
             wshape = shapes[spec["weight"]]

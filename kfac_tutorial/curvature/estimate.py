@@ -85,7 +85,7 @@ def _module_matches(name: str, patterns: Sequence[str]) -> bool:
 class _Plan:
     """Which parameters get Kronecker factors, which a hook-based or a vmap diagonal."""
 
-    def __init__(self, model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], exclude: set[str] = frozenset()):
+    def __init__(self, model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], force_vmap: frozenset = frozenset()):
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         name_of = {id(p): n for n, p in self.params.items()}
         owners = defaultdict(list)  # param id -> [(module name, module, attribute)]
@@ -96,13 +96,13 @@ class _Plan:
                     owners[id(p)].append((mname, module, attr))
 
         def sole_owner(p) -> bool:
-            return p is not None and p.requires_grad and len(owners[id(p)]) == 1
+            return p is not None and p.requires_grad and len(owners[id(p)]) == 1 and name_of[id(p)] not in force_vmap
 
         self.kronecker: dict[str, tuple[str, Optional[str]]] = {}  # module -> (weight, bias)
         if kronecker:
             for mname, module in self.modules.items():
                 rule = rule_for(module)
-                if rule is None or rule.kind is None or mname in exclude:
+                if rule is None or rule.kind is None:
                     continue
                 if _module_matches(mname, diagonal_modules) or not sole_owner(getattr(module, "weight", None)):
                     continue
@@ -116,7 +116,7 @@ class _Plan:
             if pname in in_kron:
                 continue
             owner_list = owners[id(p)]
-            if owner_list and all(rule_for(m) is not None and mn not in exclude for mn, m, _ in owner_list):
+            if pname not in force_vmap and owner_list and all(rule_for(m) is not None for _, m, _ in owner_list):
                 for mn, _, attr in owner_list:
                     self.hook_diag[mn].append((attr, pname))
             else:
@@ -233,10 +233,12 @@ def estimate(
                 if batch_size != batch_size_of(inputs):
                     raise ValueError(f"model outputs have {batch_size} rows but the inputs have {batch_size_of(inputs)} examples")
                 calls = recorder.calls
-                if batch_index == 0:  # modules never called (e.g. used functionally) fall back to vmap
-                    silent = set(plan.recorded) - {c.name for c in calls}
-                    if silent:
-                        plan = _Plan(model, kronecker, diagonal_modules, exclude=silent)
+                if batch_index == 0:
+                    # parameters whose gradient the recorded calls do not fully explain (used
+                    # functionally, modules never called, ...) fall back to torch.func
+                    unexplained = _unexplained_parameters(plan, calls, outputs, probe_generator)
+                    if unexplained:
+                        plan = _Plan(model, kronecker, diagonal_modules, force_vmap=frozenset(unexplained))
                         calls = [c for c in calls if c.name in plan.recorded]
                 for call in calls:
                     call.check_not_modified()
@@ -277,6 +279,45 @@ def estimate(
     in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
     result.diagonal = {n: d / num_examples for n, d in diag.items() if n not in in_kron}
     return result
+
+
+def _unexplained_parameters(plan: _Plan, calls: list[Call], outputs: Tensor, generator: torch.Generator) -> set[str]:
+    """Names of hook-covered parameters whose true gradient differs from the sum of their
+    recorded calls' contributions, for a random backprop vector (a one-off probe)."""
+    covered = {n for pair in plan.kronecker.values() for n in pair if n is not None}
+    covered |= {pname for pairs in plan.hook_diag.values() for _, pname in pairs}
+    if not covered:
+        return set()
+    names = sorted(covered)
+    v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
+    true = torch.autograd.grad(outputs, [plan.params[n] for n in names], v, retain_graph=True, allow_unused=True)
+    call_grads = torch.autograd.grad(outputs, [c.output for c in calls], v, retain_graph=True, allow_unused=True) if calls else []
+    explained: dict[str, Tensor] = {}
+    attrs = {}
+    for mname, (wname, bname) in plan.kronecker.items():
+        attrs.setdefault(mname, []).extend([("weight", wname)] + ([("bias", bname)] if bname else []))
+    for mname, pairs in plan.hook_diag.items():
+        attrs.setdefault(mname, []).extend(pairs)
+    for call, grad in zip(calls, call_grads):
+        if grad is None or call.name not in attrs:
+            continue
+        rule = rule_for(call.module)
+        a = rule.inputs(call.module, call.input)
+        pe = rule.per_example_grads(call.module, a, rule.output_grads(call.module, grad))
+        for attr, pname in attrs[call.name]:
+            if attr not in pe:
+                continue
+            g = pe[attr]
+            g = g.to_dense(grad.shape[0], plan.params[pname].shape[0]) if isinstance(g, SparseRows) else g
+            explained[pname] = explained.get(pname, 0) + g.sum(0)
+    bad = set()
+    for name, t in zip(names, true):
+        t = torch.zeros_like(plan.params[name]) if t is None else t
+        e = explained.get(name, torch.zeros_like(t))
+        scale = t.abs().max().item()
+        if (e - t).abs().max().item() > 1e-4 * scale + 1e-12:
+            bad.add(name)
+    return bad
 
 
 def _prepare_calls(calls, outputs, batch_size, aligned_cache, generator, chunk_size) -> list[_Prepared]:
