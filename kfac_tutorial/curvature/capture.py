@@ -80,6 +80,11 @@ class CallRecorder:
         for _, mask in reversed(self._masks):
             if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (rows, length):
                 return mask.bool()
+        # a call broadcast over the batch (e.g. Hugging Face's (1, T) position ids) takes
+        # the innermost mask's (B, T): position t of example n is padding iff mask[n, t] == 0
+        innermost = next((m for _, m in reversed(self._masks) if m is not None and m.dim() == 2), None)
+        if rows == 1 and innermost is not None and innermost.shape[1] == length:
+            return innermost.bool()
         return None
 
     def _mask_pre_hook(self, module, args, kwargs):

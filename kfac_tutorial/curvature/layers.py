@@ -50,6 +50,12 @@ class SparseRows:
         summed.index_add_(0, inverse, self.values.to(out.dtype))
         out.index_add_(0, unique % num_rows, weight * summed.square())
 
+    def summed(self, num_rows: int) -> Tensor:
+        """``Σ_n`` per-example gradients: the ``(num_rows, D)`` batch gradient."""
+        out = torch.zeros(num_rows, self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
+        out.index_add_(0, self.row, self.values)
+        return out
+
     def to_dense(self, batch_size: int, num_rows: int) -> Tensor:
         """``(B, num_rows, D)`` dense per-example gradients (memory-hungry; for mixing)."""
         out = torch.zeros(batch_size, num_rows, self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
