@@ -277,7 +277,10 @@ def estimate(
             if a_mat is None:
                 d_in = module.weight.shape[0] if kind == "embedding" else module.weight[0].numel() + (bname is not None)
                 a_mat = torch.zeros(d_in, dtype=acc_dtype, device=device) if kind == "embedding" else torch.zeros(d_in, d_in, dtype=acc_dtype, device=device)
-        result.factors[mname] = LayerFactors(kind, a_mat / max(norm_A, 1), g_mat / num_examples, wname, bname)
+        a_mat, g_mat = a_mat / max(norm_A, 1), g_mat / num_examples
+        if a_mat.dim() == 2:  # exactly symmetric (the penalty's gradient relies on it)
+            a_mat = 0.5 * (a_mat + a_mat.T)
+        result.factors[mname] = LayerFactors(kind, a_mat, 0.5 * (g_mat + g_mat.T), wname, bname)
     in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
     result.diagonal = {n: d / num_examples for n, d in diag.items() if n not in in_kron}
     return result
