@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KFAC_PROFILE=${KFAC_PROFILE:-cpu}
-python3 -m jupyter_book build . -W -n --keep-going
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg KFAC_PROFILE=${KFAC_PROFILE:-cpu}
+jupyter-book build . -W -n --keep-going
