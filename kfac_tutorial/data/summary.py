@@ -79,3 +79,81 @@ def summary_table(tasks: Iterable[LinkingTask]) -> pd.DataFrame:
             is_stat = not col.endswith(("_mean", "_median"))
             frame[col] = values.astype(int) if integral and is_stat else values
     return frame
+
+
+__all__ += ["plot_task_summary"]
+
+
+def plot_task_summary(tasks: Iterable[LinkingTask], *, max_mentions: int = 20,
+                      max_words: int = 20, title: str | None = None):
+    """Three panels comparing tasks: split sizes, training mentions per concept and
+    mention length in words; returns the :class:`matplotlib.figure.Figure`.
+
+    ``tasks``: :class:`LinkingTask` objects (or a mapping name -> task). Mentions per
+    concept count every training mention, the preferred name included, and are
+    clipped at ``max_mentions`` (the last bar is "that many or more"); lengths count
+    whitespace-separated words of every mention of every split, clipped at
+    ``max_words``. Distributions are proportions within each task, so tasks of
+    different sizes compare directly.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    import seaborn as sns
+
+    if hasattr(tasks, "values"):
+        tasks = tasks.values()
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("plot_task_summary needs at least one task")
+    names = [t.name for t in tasks]
+    sizes = pd.DataFrame(
+        [(t.name, s, len(t.split(s))) for t in tasks for s in SPLITS],
+        columns=["task", "split", "mentions"],
+    )
+    rows = []
+    for t in tasks:
+        counts = Counter(cid for _, cid in t.train)
+        rows.extend((t.name, min(counts.get(cid, 0), max_mentions)) for cid in t.concepts)
+    per_concept = pd.DataFrame(rows, columns=["task", "mentions"])
+    lengths = pd.DataFrame(
+        [(t.name, min(len(m.split()), max_words)) for t in tasks for s in SPLITS
+         for m, _ in t.split(s)],
+        columns=["task", "words"],
+    )
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    sns.barplot(data=sizes, x="task", y="mentions", hue="split", order=names,
+                hue_order=list(SPLITS), ax=ax)
+    ax.set_yscale("log")
+    ax.set_ylim(max(1, min(10, sizes["mentions"].min() / 2)), sizes["mentions"].max() * 100)
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="{:,.0f}", fontsize=7, rotation=90, padding=2)
+    ax.set_title("Split sizes per task")
+    ax.set_xlabel("task")
+    ax.set_ylabel("mentions (log scale)")
+    ax.legend(title="split", fontsize=8, ncol=3, loc="upper center")
+
+    common = dict(hue="task", hue_order=names, stat="proportion", common_norm=False,
+                  discrete=True, element="step", fill=False, linewidth=1.6)
+    ax = axes[1]
+    sns.histplot(data=per_concept, x="mentions", ax=ax, **common)
+    ax.set_yscale("log")
+    ax.set_xlim(0.5, max_mentions + 0.5)
+    ax.set_xticks(np.arange(1, max_mentions + 1, 2 if max_mentions > 10 else 1))
+    ax.set_title("Training mentions per concept")
+    ax.set_xlabel(f"training mentions, preferred name included (last bin: {max_mentions}+)")
+    ax.set_ylabel("fraction of the concepts (log scale)")
+
+    ax = axes[2]
+    sns.histplot(data=lengths, x="words", ax=ax, **common)
+    ax.set_xlim(0.5, max_words + 0.5)
+    ax.set_xticks(np.arange(1, max_words + 1, 2 if max_words > 10 else 1))
+    ax.set_title("Mention length")
+    ax.set_xlabel(f"words per mention, all splits (last bin: {max_words}+)")
+    ax.set_ylabel("fraction of the mentions")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
