@@ -1,0 +1,23 @@
+"""Sequential-training experiments: the harness, its profiles and the command line.
+
+>>> from kfac_tutorial.experiments import get_profile, load_tasks, run_experiment
+>>> profile = get_profile("cnn", "test")
+>>> tasks = load_tasks(["toy-a", "toy-b"], profile)
+>>> results = run_experiment("cnn", tasks, ["finetune"], profile, progress=False)  # doctest: +SKIP
+
+Command line: ``python -m kfac_tutorial.experiments --help``.
+"""
+
+from .harness import (
+    METHODS, MODELS, SETTINGS, build_linker, load_tasks, prepare_task, run_experiment,
+    validate,
+)
+from .profiles import PROFILE_NAMES, Profile, get_profile
+from .results import read_results, write_json_atomic
+from .toy import Task, toy_task
+
+__all__ = [
+    "METHODS", "MODELS", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "build_linker",
+    "get_profile", "load_tasks", "prepare_task", "read_results", "run_experiment",
+    "toy_task", "validate", "write_json_atomic",
+]

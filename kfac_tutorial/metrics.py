@@ -1,0 +1,104 @@
+"""Continual-learning metrics on an accuracy matrix (shared/DESIGN.md §6).
+
+``R[t, k]`` = accuracy on task k (its test split, against the fixed candidate set)
+after training on tasks 0..t; rows are "after task t", columns are tasks. Entries with
+k > t are allowed (the matrix may be full: every task is scored against the fixed
+candidate set at every checkpoint) but no metric here reads them.
+
+Forgetting of task k < T (T = last task):
+* ``kind="max"`` (default, Chaudhry et al. 2018): ``max_{k ≤ t < T} R[t, k] − R[T, k]``,
+  the drop from the best accuracy the task ever had;
+* ``kind="diag"``: ``R[k, k] − R[T, k]``, the drop from just after learning it.
+Average forgetting is the mean over k < T. Reduction of forgetting
+= ``1 − F_method / F_finetune``. Plasticity = mean ``R[k, k]``. Final average
+accuracy = mean ``R[T, k]`` over all k.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "accuracy_at_k", "average_forgetting", "final_average_accuracy", "forgetting",
+    "forgetting_reduction", "plasticity", "summarize",
+]
+
+
+def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor,
+                  ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """(B, C) logits and (B,) targets → {k: fraction of rows whose target is in the top k}.
+
+    Ties are broken against the target (a row of equal logits is not a hit), so that
+    a constant model scores 0, not 1/C."""
+    target_logit = logits.gather(1, targets[:, None])
+    rank = (logits > target_logit).sum(1) + (logits == target_logit).sum(1) - 1
+    return {k: float((rank < k).float().mean()) for k in ks}
+
+
+def _as_matrix(R) -> np.ndarray:
+    R = np.asarray(R, dtype=float)
+    if R.ndim != 2 or R.shape[0] < 1 or R.shape[1] < R.shape[0]:
+        raise ValueError(f"accuracy matrix must be (T, K) with K >= T >= 1, got {R.shape}")
+    return R
+
+
+def forgetting(R, kind: str = "max") -> np.ndarray:
+    """Forgetting of every task k < T (array of length T−1; T = number of rows − 1)."""
+    R = _as_matrix(R)
+    last = R.shape[0] - 1
+    if kind == "max":
+        return np.array([R[k:last, k].max() - R[last, k] for k in range(last)])
+    if kind == "diag":
+        return np.array([R[k, k] - R[last, k] for k in range(last)])
+    raise ValueError(f"unknown kind {kind!r}; valid: 'max', 'diag'")
+
+
+def average_forgetting(R, kind: str = "max") -> float:
+    """Mean forgetting over the tasks k < T (nan with a single task)."""
+    f = forgetting(R, kind)
+    return float(f.mean()) if f.size else float("nan")
+
+
+def forgetting_reduction(f_method: float, f_finetune: float) -> float:
+    """``1 − F_method / F_finetune``: 1 = no forgetting left, 0 = as bad as fine-tuning.
+
+    nan when fine-tuning did not forget (``F_finetune ≤ 0``): no reduction to measure."""
+    if not np.isfinite(f_finetune) or f_finetune <= 0:
+        return float("nan")
+    return float(1.0 - f_method / f_finetune)
+
+
+def plasticity(R) -> float:
+    """Mean accuracy on each task just after learning it, ``mean_k R[k, k]``."""
+    R = _as_matrix(R)
+    return float(np.mean([R[k, k] for k in range(R.shape[0])]))
+
+
+def final_average_accuracy(R) -> float:
+    """Mean accuracy over the tasks seen so far, after the last one: ``mean_k R[T, k]``."""
+    R = _as_matrix(R)
+    last = R.shape[0] - 1
+    return float(R[last, : last + 1].mean())
+
+
+def summarize(R, R_finetune=None, kind: str = "max") -> dict:
+    """Every metric of one accuracy matrix as JSON-ready floats (``None`` for nan).
+
+    ``forgetting_reduction`` is included only when ``R_finetune`` is given."""
+    def clean(x):
+        return None if x is None or not np.isfinite(x) else float(x)
+
+    out = {
+        "avg_forgetting": clean(average_forgetting(R, kind)),
+        "avg_forgetting_diag": clean(average_forgetting(R, "diag")),
+        "forgetting": [clean(x) for x in forgetting(R, kind)],
+        "plasticity": clean(plasticity(R)),
+        "final_avg_accuracy": clean(final_average_accuracy(R)),
+    }
+    if R_finetune is not None:
+        out["forgetting_reduction"] = clean(
+            forgetting_reduction(average_forgetting(R, kind), average_forgetting(R_finetune, kind)))
+    return out

@@ -1,0 +1,173 @@
+"""Figures of the book, each one call on a results dict (the CLI's JSON).
+
+>>> from kfac_tutorial import plots
+>>> from kfac_tutorial.experiments import read_results
+>>> results = read_results("results.json")            # doctest: +SKIP
+>>> fig = plots.accuracy_heatmaps(results)             # doctest: +SKIP
+
+Styling lives here once (:func:`set_style`, :data:`METHOD_COLORS`); every function
+returns its ``matplotlib`` figure.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from . import metrics
+
+__all__ = [
+    "METHOD_COLORS", "METHOD_LABELS", "accuracy_heatmaps", "accuracy_over_time",
+    "forgetting_bars", "lambda_tradeoff", "set_style",
+]
+
+METHOD_LABELS = {
+    "finetune": "Fine-tuning", "ewc": "EWC", "kfac": "KFAC", "ewc_online": "EWC (online)",
+    "kfac_online": "KFAC (online)", "joint": "Joint (upper reference)",
+}
+_PALETTE = sns.color_palette("colorblind")
+METHOD_COLORS = {
+    "finetune": _PALETTE[3], "ewc": _PALETTE[0], "kfac": _PALETTE[2],
+    "ewc_online": _PALETTE[9], "kfac_online": _PALETTE[8], "joint": _PALETTE[7],
+}
+_ORDER = list(METHOD_LABELS)
+
+
+def set_style() -> None:
+    """The book's figure style (called by every plot function)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind",
+                  rc={"figure.dpi": 110, "axes.titleweight": "bold", "savefig.bbox": "tight"})
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _methods(results: dict, methods: Sequence[str] | None) -> list[str]:
+    have = results["methods"]
+    if methods is None:
+        return sorted(have, key=lambda m: _ORDER.index(m) if m in _ORDER else len(_ORDER))
+    missing = [m for m in methods if m not in have]
+    if missing:
+        raise KeyError(f"methods {missing} not in the results; have {list(have)}")
+    return list(methods)
+
+
+def _matrix(R) -> np.ndarray:
+    return np.array([[np.nan if x is None else x for x in row] for row in R], dtype=float)
+
+
+def _suptitle(fig, results: dict, what: str) -> None:
+    fig.suptitle(f"{what} — {results.get('model', '?').upper()} linker, "
+                 f"{results.get('profile', '?')} profile, seed {results.get('seed', '?')}")
+
+
+def accuracy_heatmaps(results: dict, methods: Sequence[str] | None = None,
+                      key: str = "accuracy_matrix", annotate: bool = True):
+    """Accuracy matrices ``R[t, k]`` side by side, one panel per method (shared 0–1 scale)."""
+    set_style()
+    methods = _methods(results, methods)
+    tasks = results["tasks"]
+    n = len(methods)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.2, 3.4), squeeze=False,
+                             constrained_layout=True)
+    for i, (ax, m) in enumerate(zip(axes[0], methods)):
+        R = _matrix(results["methods"][m][key])
+        sns.heatmap(R, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=annotate, fmt=".2f",
+                    mask=np.isnan(R), cbar=i == n - 1, square=True,
+                    xticklabels=tasks, yticklabels=tasks[: R.shape[0]],
+                    cbar_kws={"label": "accuracy@1"} if i == n - 1 else None)
+        ax.set_title(_label(m))
+        ax.set_xlabel("evaluated task k")
+        ax.set_ylabel("after training on task t" if i == 0 else "")
+    _suptitle(fig, results, "Accuracy matrix")
+    return fig
+
+
+def forgetting_bars(results: dict, methods: Sequence[str] | None = None, kind: str = "max"):
+    """Forgetting of every earlier task and the average, grouped by task, one bar per method."""
+    set_style()
+    methods = [m for m in _methods(results, methods)]
+    tasks = results["tasks"]
+    groups = tasks[:-1] + ["average"]
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) * max(1, len(methods)) / 2 + 2, 3.6),
+                           constrained_layout=True)
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(groups))
+    for j, m in enumerate(methods):
+        f = metrics.forgetting(_matrix(results["methods"][m]["accuracy_matrix"]), kind)
+        vals = list(f) + [float(np.mean(f)) if len(f) else np.nan]
+        bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width,
+                      label=_label(m), color=METHOD_COLORS.get(m))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, groups)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("task")
+    ax.set_ylabel("forgetting (accuracy points lost)")
+    ax.set_title("Forgetting: best accuracy of a task − its accuracy after the last task"
+                 if kind == "max" else "Forgetting: R[k,k] − R[T,k]", fontsize=10)
+    ax.legend(fontsize=8, frameon=True)
+    return fig
+
+
+def accuracy_over_time(results: dict, methods: Sequence[str] | None = None,
+                       key: str = "accuracy_matrix"):
+    """One panel per task: its accuracy after each training stage, one line per method."""
+    set_style()
+    methods = _methods(results, methods)
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.3), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for k, (ax, task) in enumerate(zip(axes[0], tasks)):
+        for m in methods:
+            R = _matrix(results["methods"][m][key])
+            ts = np.arange(k, R.shape[0])
+            ax.plot(ts, R[k:, k], marker="o", label=_label(m), color=METHOD_COLORS.get(m))
+        ax.set_xticks(range(len(tasks)), [f"after\n{t}" for t in tasks], fontsize=8)
+        ax.set_xlim(-0.3, len(tasks) - 0.7)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"task: {task}")
+        if k == 0:
+            ax.set_ylabel("accuracy@1")
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    _suptitle(fig, results, "Accuracy over time")
+    return fig
+
+
+def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: str = "dev"):
+    """Forgetting vs new-task accuracy (plasticity) for every λ of the sweep.
+
+    ``split="dev"`` shows what λ was chosen on; ``"test"`` the same runs on test.
+    The chosen λ is ringed; fine-tuning is the λ = 0 star."""
+    set_style()
+    have = [m for m in _methods(results, None) if "lambda_sweep" in results["methods"][m]]
+    methods = have if methods is None else [m for m in methods if m in have]
+    fig, ax = plt.subplots(figsize=(5.4, 4.0), constrained_layout=True)
+    for m in methods:
+        sweep = results["methods"][m]["lambda_sweep"]
+        if split == "dev":
+            xs = [s["dev_plasticity"] for s in sweep]
+            ys = [s["dev_avg_forgetting"] for s in sweep]
+        else:
+            xs = [s["test_plasticity"] for s in sweep]
+            ys = [s["test_avg_forgetting"] for s in sweep]
+        color = METHOD_COLORS.get(m)
+        ax.plot(xs, ys, marker="o", color=color, label=_label(m))
+        for s, x, y in zip(sweep, xs, ys):
+            ax.annotate(f"λ={s['lambda']:g}", (x, y), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+            if s["lambda"] == results["methods"][m]["lambda"]:
+                ax.scatter([x], [y], s=160, facecolors="none", edgecolors=color, lw=1.5)
+    base = results["methods"].get("finetune")
+    if base is not None:
+        R = _matrix(base["dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"])
+        ax.scatter([metrics.plasticity(R)], [metrics.average_forgetting(R)], marker="*", s=180,
+                   color=METHOD_COLORS["finetune"], label=_label("finetune"), zorder=3)
+    ax.set_xlabel(f"new-task accuracy (plasticity, {split})")
+    ax.set_ylabel(f"average forgetting ({split})")
+    ax.set_title("The λ trade-off: less forgetting, less plasticity", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,172 @@
+"""Batches, a training loop with an optional consolidation penalty, and evaluation.
+
+>>> batches = linking_batches(linker, task.train, batch_size=32, shuffle=True, seed=0)  # doctest: +SKIP
+>>> train(linker, batches, epochs=3, lr=1e-3, penalty=kfac.penalty, lam=1e3,
+...       method="kfac", task="drugs")                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .linkers.concept_table import MASKED_LOGIT
+from .metrics import accuracy_at_k
+
+__all__ = [
+    "LinkingBatches", "NonFiniteLossError", "evaluate", "linking_batches", "train",
+]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite loss: names the method, the task and the step."""
+
+    def __init__(self, method: str, task: str, step: int, value: float):
+        self.method, self.task, self.step, self.value = method, task, step, value
+        super().__init__(
+            f"non-finite loss {value} (method {method!r}, task {task!r}, step {step}); "
+            "try a smaller learning rate or a smaller lambda"
+        )
+
+
+class LinkingBatches:
+    """A re-iterable list of ``(inputs, targets)`` batches of (mention, column) pairs.
+
+    ``inputs`` is the tokenizer's dict of (B, T) tensors, ``targets`` a (B,) long
+    tensor of logit columns. With ``shuffle`` the order is a function of
+    ``(seed, epoch)`` only (``set_epoch``), so that runs are reproducible bit for bit.
+    """
+
+    def __init__(self, tokenizer: Callable, texts: Sequence[str], targets: torch.Tensor,
+                 batch_size: int = 32, shuffle: bool = False, seed: int = 0,
+                 device: torch.device | str | None = None):
+        if len(texts) != len(targets):
+            raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
+        self.tokenizer = tokenizer
+        self.texts = list(texts)
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.device = device
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.texts) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[dict, torch.Tensor]]:
+        n = len(self.texts)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            inputs = self.tokenizer([self.texts[j] for j in idx.tolist()])
+            targets = self.targets[idx]
+            if self.device is not None:
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                targets = targets.to(self.device)
+            yield inputs, targets
+
+
+def linking_batches(linker, examples: Sequence[tuple[str, str]], batch_size: int = 32,
+                    shuffle: bool = False, seed: int = 0) -> LinkingBatches:
+    """``examples`` = (mention, concept id) pairs → batches whose targets are the
+    linker's logit columns for those concepts (in its current scoring state)."""
+    texts = [m for m, _ in examples]
+    targets = linker.columns([c for _, c in examples])
+    return LinkingBatches(linker.tokenizer, texts, targets, batch_size=batch_size,
+                          shuffle=shuffle, seed=seed, device=linker.device())
+
+
+def _param_groups(model: nn.Module, lr: float, head_lr: float | None) -> list[dict]:
+    head, body = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if name.startswith("table.") else body).append(p)
+    groups = [{"params": body, "lr": lr}] if body else []
+    if head:
+        groups.append({"params": head, "lr": head_lr if head_lr is not None else lr})
+    return groups
+
+
+def train(model: nn.Module, batches, *, epochs: int, lr: float,
+          head_lr: float | None = None, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+          lam: float = 0.0, method: str = "finetune", task: str = "?",
+          max_grad_norm: float | None = None, label_smoothing: float = 0.0,
+          progress: bool = False) -> list[float]:
+    """Minimise ``cross_entropy(model(inputs), targets) + lam * penalty(model)``.
+
+    A fresh AdamW (no weight decay) per call, i.e. per task; ``head_lr`` is the
+    learning rate of the concept table (``table.*`` parameters). Raises
+    ``NonFiniteLossError`` on a NaN/inf loss. ``label_smoothing`` spreads that much
+    target mass uniformly over the classes in the softmax (masked classes excluded). Returns the mean loss of each epoch.
+    """
+    opt = torch.optim.AdamW(_param_groups(model, lr, head_lr), weight_decay=0.0)
+    model.train()
+    history, step = [], 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * len(batches), desc=f"{method} · {task}", leave=False)
+    try:
+        for epoch in range(epochs):
+            if hasattr(batches, "set_epoch"):
+                batches.set_epoch(epoch)
+            total, count = 0.0, 0
+            for inputs, targets in batches:
+                logits = model(inputs)
+                if label_smoothing:  # smooth over the unmasked (seen) classes only
+                    logp = F.log_softmax(logits, dim=-1)
+                    live = logits > MASKED_LOGIT / 2
+                    smooth = -(logp * live).sum(-1) / live.sum(-1)
+                    nll = -logp.gather(1, targets[:, None]).squeeze(1)
+                    loss = ((1 - label_smoothing) * nll + label_smoothing * smooth).mean()
+                else:
+                    loss = F.cross_entropy(logits, targets)
+                if penalty is not None and lam != 0.0:
+                    loss = loss + lam * penalty(model)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(method, task, step, float(loss.detach()))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                opt.step()
+                total += float(loss.detach()) * len(targets)
+                count += len(targets)
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            history.append(total / max(count, 1))
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Accuracy@k of ``model`` on ``batches`` (eval mode; training mode restored)."""
+    was_training = model.training
+    model.eval()
+    hits = {k: 0.0 for k in ks}
+    n = 0
+    for inputs, targets in batches:
+        logits = model(inputs)
+        for k, acc in accuracy_at_k(logits, targets, ks).items():
+            hits[k] += acc * len(targets)
+        n += len(targets)
+    model.train(was_training)
+    return {f"acc@{k}": (hits[k] / n if n else float("nan")) for k in ks}

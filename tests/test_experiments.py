@@ -1,0 +1,158 @@
+"""The sequential harness and its command line, on tiny synthetic tasks."""
+
+import json
+
+import pytest
+import torch
+
+from kfac_tutorial import plots
+from kfac_tutorial.experiments import (
+    METHODS, get_profile, load_tasks, read_results, run_experiment, toy_task,
+)
+from kfac_tutorial.experiments import harness
+from kfac_tutorial.experiments.__main__ import main
+from kfac_tutorial.training import NonFiniteLossError, linking_batches, train
+
+TASKS = ["toy-a", "toy-b"]
+CONSOLIDATION = pytest.importorskip("kfac_tutorial.consolidation")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _strip_timing(results):
+    out = json.loads(json.dumps(results))
+    out.pop("torch_threads", None)
+    for m in out["methods"].values():
+        for key in ("seconds", "sweep_seconds", "peak_memory_mb"):
+            m.pop(key, None)
+        for s in m.get("lambda_sweep", []):
+            s.pop("seconds", None)
+    return out
+
+
+def test_a_seeded_tiny_run_is_reproducible_bit_for_bit():
+    profile = get_profile("cnn", "test")
+    runs = [run_experiment("cnn", load_tasks(TASKS, profile, seed=3), ["finetune", "ewc", "kfac"],
+                           profile, seed=3, progress=False) for _ in range(2)]
+    assert _strip_timing(runs[0]) == _strip_timing(runs[1])
+    assert runs[0]["methods"]["kfac"]["parameter_sha1"] == runs[1]["methods"]["kfac"]["parameter_sha1"]
+    # and a different seed gives a different run
+    other = run_experiment("cnn", load_tasks(TASKS, profile, seed=4), ["finetune"], profile,
+                           seed=4, progress=False)
+    assert other["methods"]["finetune"]["parameter_sha1"] != runs[0]["methods"]["finetune"]["parameter_sha1"]
+
+
+def _check_schema(res, methods, tasks):
+    assert {"model", "tasks", "profile", "seed", "methods"} <= set(res)
+    assert res["tasks"] == tasks and list(res["methods"]) == methods
+    T = len(tasks)
+    for name, m in res["methods"].items():
+        R = m["accuracy_matrix"]
+        assert len(R) == T and all(len(row) == T for row in R)
+        for t in range(T):
+            assert all(0.0 <= R[t][k] <= 1.0 for k in range(t + 1))
+            assert all(R[t][k] is None for k in range(t + 1, T))
+        for key in ("avg_forgetting", "plasticity", "final_avg_accuracy", "lambda", "seconds"):
+            assert isinstance(m[key], (int, float)), (name, key)
+        assert ("forgetting_reduction" in m) == (name != "finetune")
+    for name in ("ewc", "kfac"):
+        if name in res["methods"]:
+            assert res["methods"][name]["lambda"] in get_profile(res["model"], "test").lambdas[name]
+
+
+def test_cli_writes_the_documented_json(tmp_path, capsys):
+    out = tmp_path / "res" / "results.json"
+    rc = main(["--model", "cnn", "--methods", "finetune,ewc,kfac", "--tasks", "toy-a,toy-b,toy-c",
+               "--profile", "test", "--seed", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = read_results(out)
+    assert res["model"] == "cnn" and res["profile"] == "test" and res["seed"] == 0
+    _check_schema(res, ["finetune", "ewc", "kfac"], ["toy-a", "toy-b", "toy-c"])
+    assert [p.name for p in out.parent.iterdir()] == ["results.json"]  # no temporary left
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_bert_linker_runs_through_the_harness_too(tmp_path):
+    out = tmp_path / "bert.json"
+    assert main(["--model", "bert", "--methods", "finetune,kfac_online,joint", "--tasks",
+                 "toy-a,toy-b", "--profile", "test", "--out", str(out), "--no-progress"]) == 0
+    _check_schema(read_results(out), ["finetune", "kfac_online", "joint"], TASKS)
+
+
+def test_per_task_setting_and_online_methods():
+    profile = get_profile("cnn", "test")
+    res = run_experiment("cnn", load_tasks(TASKS, profile), ["finetune", "ewc_online", "joint"],
+                         profile, setting="per_task", progress=False)
+    assert res["setting"] == "per_task"
+    _check_schema(res, ["finetune", "ewc_online", "joint"], TASKS)
+
+
+def test_unknown_method_is_refused_up_front_with_the_choices(capsys):
+    rc = main(["--methods", "finetune,kfca", "--tasks", "toy-a", "--profile", "test"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "kfca" in err and all(m in err for m in METHODS)
+
+
+def test_empty_task_is_refused_up_front():
+    profile = get_profile("cnn", "test")
+    empty = toy_task("toy-b", n_concepts=4)
+    empty.test = []
+    with pytest.raises(ValueError, match="toy-b.*empty"):
+        run_experiment("cnn", [toy_task("toy-a"), empty], ["finetune"], profile, progress=False)
+    with pytest.raises(ValueError, match="unknown model"):
+        run_experiment("gpt", [toy_task("toy-a")], ["finetune"], profile, progress=False)
+
+
+def test_nan_loss_names_method_task_and_step():
+    profile = get_profile("cnn", "test")
+    task = toy_task("toy-a", n_concepts=4)
+    linker = harness.build_linker("cnn", harness.ConceptInventory.union([task]), profile)
+    linker.begin_task(list(task.concepts))
+    batches = linking_batches(linker, task.train, batch_size=4)
+    with pytest.raises(NonFiniteLossError, match="'kfac'.*'toy-a'.*step 0"):
+        train(linker, batches, epochs=1, lr=1e-3, lam=1.0, method="kfac", task="toy-a",
+              penalty=lambda model: torch.tensor(float("nan")))
+
+
+def test_a_nan_stops_the_run_but_keeps_finished_methods(tmp_path, monkeypatch):
+    class Poison:
+        def penalty(self, model):
+            return torch.tensor(float("inf"))
+
+        def memory_bytes(self):
+            return 0
+
+    monkeypatch.setattr(harness._Sequence, "fit_curvature", lambda self, family, t: Poison())
+    out = tmp_path / "r.json"
+    with pytest.raises(NonFiniteLossError, match="'ewc'.*'toy-b'"):
+        main(["--methods", "finetune,ewc", "--tasks", "toy-a,toy-b", "--profile", "test",
+              "--out", str(out), "--no-progress"])
+    assert list(read_results(out)["methods"]) == ["finetune"]
+
+
+def test_plots_draw_every_figure_from_the_json(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = tmp_path / "r.json"
+    main(["--methods", "finetune,ewc,kfac", "--tasks", "toy-a,toy-b", "--profile", "test",
+          "--out", str(out), "--no-progress"])
+    res = read_results(out)
+    for fig in (plots.accuracy_heatmaps(res), plots.forgetting_bars(res),
+                plots.accuracy_over_time(res), plots.lambda_tradeoff(res),
+                plots.lambda_tradeoff(res, split="test")):
+        assert fig.axes and all(ax.get_title() or ax.get_xlabel() for ax in fig.axes[:1])
+        matplotlib.pyplot.close(fig)
+
+
+def test_unknown_task_name_is_refused_up_front_with_the_choices(capsys):
+    assert main(["--methods", "finetune", "--tasks", "diseases,genes", "--profile", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "genes" in err and "phenotypes" in err and "toy-a" in err

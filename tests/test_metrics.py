@@ -1,0 +1,92 @@
+"""Continual-learning metrics on hand-made accuracy matrices."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kfac_tutorial import metrics
+
+# after task 0, 1, 2 (rows) × task 0, 1, 2 (columns); None = not evaluated yet
+R = [
+    [0.70, None, None],
+    [0.80, 0.90, None],
+    [0.50, 0.60, 0.95],
+]
+R_FINETUNE = [
+    [0.70, None, None],
+    [0.30, 0.90, None],
+    [0.10, 0.20, 0.95],
+]
+
+
+def test_forgetting_max_uses_the_best_earlier_accuracy():
+    # task 0 peaked after task 1 (0.80), so it forgot 0.80 - 0.50; task 1: 0.90 - 0.60
+    np.testing.assert_allclose(metrics.forgetting(R, "max"), [0.30, 0.30])
+
+
+def test_forgetting_diag_uses_the_accuracy_just_after_learning():
+    np.testing.assert_allclose(metrics.forgetting(R, "diag"), [0.20, 0.30])
+
+
+def test_average_forgetting_is_the_mean_over_earlier_tasks():
+    assert metrics.average_forgetting(R) == pytest.approx(0.30)
+    assert metrics.average_forgetting(R, "diag") == pytest.approx(0.25)
+    assert metrics.average_forgetting(R_FINETUNE) == pytest.approx((0.60 + 0.70) / 2)
+
+
+def test_plasticity_and_final_average_accuracy():
+    assert metrics.plasticity(R) == pytest.approx((0.70 + 0.90 + 0.95) / 3)
+    assert metrics.final_average_accuracy(R) == pytest.approx((0.50 + 0.60 + 0.95) / 3)
+
+
+def test_forgetting_reduction_relative_to_finetuning():
+    f, f_ft = metrics.average_forgetting(R), metrics.average_forgetting(R_FINETUNE)
+    assert metrics.forgetting_reduction(f, f_ft) == pytest.approx(1 - 0.30 / 0.65)
+    assert metrics.forgetting_reduction(0.0, 0.4) == 1.0
+    assert metrics.forgetting_reduction(0.4, 0.4) == 0.0
+    assert math.isnan(metrics.forgetting_reduction(0.1, 0.0))  # nothing to reduce
+
+
+def test_negative_forgetting_is_kept_as_backward_transfer():
+    up = [[0.5, None], [0.7, 0.9]]
+    assert metrics.average_forgetting(up, "diag") == pytest.approx(-0.2)
+
+
+def test_single_task_has_no_forgetting_to_average():
+    assert math.isnan(metrics.average_forgetting([[0.8]]))
+    assert metrics.summarize([[0.8]])["avg_forgetting"] is None
+
+
+def test_summarize_includes_reduction_only_with_a_baseline():
+    s = metrics.summarize(R)
+    assert "forgetting_reduction" not in s
+    s = metrics.summarize(R, R_FINETUNE)
+    assert s["forgetting_reduction"] == pytest.approx(1 - 0.30 / 0.65)
+    assert s["forgetting"] == pytest.approx([0.30, 0.30])
+
+
+def test_upper_triangle_is_never_read():
+    full = [[0.7, 0.1, 0.2], [0.8, 0.9, 0.3], [0.5, 0.6, 0.95]]
+    assert metrics.summarize(full) == metrics.summarize(R)
+
+
+@pytest.mark.parametrize("bad", [[], [0.5, 0.6], [[0.5], [0.6]]])
+def test_malformed_matrices_are_refused(bad):
+    with pytest.raises(ValueError):
+        metrics.forgetting(bad)
+
+
+def test_unknown_forgetting_kind_lists_choices():
+    with pytest.raises(ValueError, match="'max', 'diag'"):
+        metrics.forgetting(R, "mean")
+
+
+def test_accuracy_at_k_counts_ties_against_the_target():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+    targets = torch.tensor([0, 1, 2])
+    acc = metrics.accuracy_at_k(logits, targets, ks=(1, 2, 3))
+    assert acc[1] == pytest.approx(1 / 3)   # only row 0
+    assert acc[2] == pytest.approx(2 / 3)   # rows 0, 1 (row 2 ties: rank 2)
+    assert acc[3] == pytest.approx(1.0)
