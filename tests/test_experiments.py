@@ -156,3 +156,29 @@ def test_unknown_task_name_is_refused_up_front_with_the_choices(capsys):
     assert main(["--methods", "finetune", "--tasks", "diseases,genes", "--profile", "test"]) == 2
     err = capsys.readouterr().err
     assert "genes" in err and "phenotypes" in err and "toy-a" in err
+
+
+def test_run_or_load_caches_by_every_input(tmp_path, monkeypatch):
+    """A second identical call loads the stored JSON (same numbers, no training); a
+    changed input (seed) is a different key; no cache folder means no file."""
+    from kfac_tutorial.experiments import cache_key, run_or_load
+
+    profile = get_profile("cnn", "test")
+    first = run_or_load("cnn", TASKS, ["finetune"], profile, seed=1, cache_dir=tmp_path,
+                        progress=False)
+    assert first["cached"] is False and len(list(tmp_path.glob("*.json"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("trained again although the result was cached")
+
+    monkeypatch.setattr("kfac_tutorial.experiments.cache.run_experiment", boom)
+    again = run_or_load("cnn", TASKS, ["finetune"], profile, seed=1, cache_dir=tmp_path)
+    assert again["cached"] is True
+    assert again["methods"]["finetune"]["accuracy_matrix"] == first["methods"]["finetune"]["accuracy_matrix"]
+    assert cache_key("cnn", TASKS, ["finetune"], profile, seed=1) != cache_key(
+        "cnn", TASKS, ["finetune"], profile, seed=2)
+    assert cache_key("cnn", TASKS, ["finetune"], profile) != cache_key(
+        "cnn", TASKS, ["finetune"], profile.with_overrides(epochs=profile.epochs + 1))
+    monkeypatch.delenv("KFAC_RESULTS_CACHE", raising=False)
+    with pytest.raises(AssertionError, match="trained again"):
+        run_or_load("cnn", TASKS, ["finetune"], profile, seed=1)  # no cache: runs
