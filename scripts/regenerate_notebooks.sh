@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KFAC_PROFILE=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# experiments shared by several chapters run once (kfac_tutorial.experiments.run_or_load)
+export KFAC_RESULTS_CACHE="${KFAC_RESULTS_CACHE:-$(mktemp -d)}"
 # the chapters import kfac_tutorial from this checkout, whatever else is installed
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$#" -eq 0 ]; then
