@@ -12,6 +12,12 @@ Forgetting of task k < T (T = last task):
 Average forgetting is the mean over k < T. Reduction of forgetting
 = ``1 − F_method / F_finetune``. Plasticity = mean ``R[k, k]``. Final average
 accuracy = mean ``R[T, k]`` over all k.
+
+Comparing methods across their λ sweeps: a stronger penalty trades plasticity for less
+forgetting, so two methods are compared fairly at *matched plasticity*
+(:func:`forgetting_at_plasticity`: forgetting interpolated along a method's sweep,
+:func:`sweep_tradeoff`: the sweep's points from a results dict). This is a reading aid
+for the trade-off curves; λ itself is always chosen on dev.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 
 __all__ = [
     "accuracy_at_k", "average_forgetting", "final_average_accuracy", "forgetting",
-    "forgetting_reduction", "plasticity", "summarize",
+    "forgetting_at_plasticity", "forgetting_reduction", "plasticity", "summarize",
+    "sweep_tradeoff",
 ]
 
 
@@ -102,3 +109,48 @@ def summarize(R, R_finetune=None, kind: str = "max") -> dict:
         out["forgetting_reduction"] = clean(
             forgetting_reduction(average_forgetting(R, kind), average_forgetting(R_finetune, kind)))
     return out
+
+
+def forgetting_at_plasticity(plasticity_values, forgetting_values, target: float) -> float:
+    """Forgetting of a λ sweep read off at plasticity ``target``.
+
+    ``plasticity_values[i]``, ``forgetting_values[i]``: one point per λ (fine-tuning,
+    λ = 0, may be one of them). The points are sorted by plasticity (points of equal
+    plasticity are averaged) and joined by straight lines; the result is the curve's
+    forgetting at ``target``, or nan when ``target`` lies outside the plasticities the
+    sweep reached (no extrapolation)."""
+    x = np.asarray(plasticity_values, dtype=float)
+    y = np.asarray(forgetting_values, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"need two 1-d arrays of equal length, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size == 0 or not np.isfinite(target) or target < x.min() or target > x.max():
+        return float("nan")
+    xs = np.unique(x)
+    ys = np.array([y[x == v].mean() for v in xs])
+    return float(np.interp(target, xs, ys))
+
+
+def sweep_tradeoff(results: dict, method: str, split: str = "test",
+                   with_finetune: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lambdas, plasticity, forgetting)`` of ``method``'s λ sweep in a results dict
+    (the harness's JSON), on ``split`` (``"dev"`` or ``"test"``), sorted by λ.
+
+    With ``with_finetune`` the fine-tuning run is added as the point λ = 0 (the limit of
+    a vanishing penalty), when the results have it."""
+    if split not in ("dev", "test"):
+        raise ValueError(f"unknown split {split!r}; valid: 'dev', 'test'")
+    entry = results["methods"][method]
+    if "lambda_sweep" not in entry:
+        raise KeyError(f"method {method!r} has no lambda_sweep (not a consolidation method)")
+    points = [(s["lambda"], s[f"{split}_plasticity"], s[f"{split}_avg_forgetting"])
+              for s in entry["lambda_sweep"]]
+    base = results["methods"].get("finetune")
+    if with_finetune and base is not None:
+        key = "dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"
+        R = np.array([[np.nan if v is None else v for v in row] for row in base[key]], dtype=float)
+        points.append((0.0, plasticity(R), average_forgetting(R)))
+    points.sort(key=lambda p: p[0])
+    arr = np.array([[np.nan if v is None else v for v in p] for p in points], dtype=float)
+    return arr[:, 0], arr[:, 1], arr[:, 2]

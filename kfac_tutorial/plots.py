@@ -21,7 +21,7 @@ from . import metrics
 
 __all__ = [
     "METHOD_COLORS", "METHOD_LABELS", "accuracy_heatmaps", "accuracy_over_time",
-    "forgetting_bars", "lambda_tradeoff", "set_style",
+    "forgetting_bars", "lambda_curves", "lambda_tradeoff", "set_style",
 ]
 
 METHOD_LABELS = {
@@ -137,11 +137,13 @@ def accuracy_over_time(results: dict, methods: Sequence[str] | None = None,
     return fig
 
 
-def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: str = "dev"):
+def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: str = "dev",
+                    mark_plasticity: float | None = None):
     """Forgetting vs new-task accuracy (plasticity) for every λ of the sweep.
 
     ``split="dev"`` shows what λ was chosen on; ``"test"`` the same runs on test.
-    The chosen λ is ringed; fine-tuning is the λ = 0 star."""
+    The chosen λ is ringed; fine-tuning is the λ = 0 star. ``mark_plasticity`` draws a
+    dotted vertical line there (to read the curves off at matched plasticity)."""
     set_style()
     have = [m for m in _methods(results, None) if "lambda_sweep" in results["methods"][m]]
     methods = have if methods is None else [m for m in methods if m in have]
@@ -166,8 +168,53 @@ def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: 
         R = _matrix(base["dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"])
         ax.scatter([metrics.plasticity(R)], [metrics.average_forgetting(R)], marker="*", s=180,
                    color=METHOD_COLORS["finetune"], label=_label("finetune"), zorder=3)
+    if mark_plasticity is not None and np.isfinite(mark_plasticity):
+        ax.axvline(mark_plasticity, color="grey", ls=":", lw=1.2, label="matched plasticity")
     ax.set_xlabel(f"new-task accuracy (plasticity, {split})")
     ax.set_ylabel(f"average forgetting ({split})")
     ax.set_title("The λ trade-off: less forgetting, less plasticity", fontsize=10)
     ax.legend(fontsize=8)
+    return fig
+
+
+def lambda_curves(results: dict, methods: Sequence[str] | None = None, split: str = "test"):
+    """Average forgetting, plasticity and final average accuracy against λ (log scale),
+    one line per consolidation method, fine-tuning as a dashed horizontal line; the
+    chosen λ is ringed. Shows what one λ does to each method (equal λ, equal Fisher
+    normalisation: the mean per-example Fisher)."""
+    set_style()
+    if split not in ("dev", "test"):
+        raise ValueError(f"unknown split {split!r}; valid: 'dev', 'test'")
+    have = [m for m in _methods(results, None) if "lambda_sweep" in results["methods"][m]]
+    methods = have if methods is None else [m for m in methods if m in have]
+    panels = [("avg_forgetting", "average forgetting"), ("plasticity", "plasticity"),
+              ("final_avg_accuracy", "final average accuracy")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), constrained_layout=True)
+    base = results["methods"].get("finetune")
+    if base is not None:
+        R = _matrix(base["dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"])
+        base_vals = {"avg_forgetting": metrics.average_forgetting(R),
+                     "plasticity": metrics.plasticity(R),
+                     "final_avg_accuracy": metrics.final_average_accuracy(R)}
+    for ax, (key, label) in zip(axes, panels):
+        for m in methods:
+            sweep = sorted(results["methods"][m]["lambda_sweep"], key=lambda s: s["lambda"])
+            lams = [s["lambda"] for s in sweep]
+            vals = [np.nan if s.get(f"{split}_{key}") is None else s[f"{split}_{key}"]
+                    for s in sweep]
+            color = METHOD_COLORS.get(m)
+            ax.plot(lams, vals, marker="o", color=color, label=_label(m))
+            chosen = results["methods"][m]["lambda"]
+            for lam, v in zip(lams, vals):
+                if lam == chosen:
+                    ax.scatter([lam], [v], s=140, facecolors="none", edgecolors=color, lw=1.5)
+        if base is not None:
+            ax.axhline(base_vals[key], color=METHOD_COLORS["finetune"], ls="--", lw=1.2,
+                       label=_label("finetune"))
+        ax.set_xscale("log")
+        ax.set_xlabel("λ")
+        ax.set_ylabel(f"{label} ({split})")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    _suptitle(fig, results, "What λ does")
     return fig

@@ -147,7 +147,8 @@ def test_plots_draw_every_figure_from_the_json(tmp_path):
     res = read_results(out)
     for fig in (plots.accuracy_heatmaps(res), plots.forgetting_bars(res),
                 plots.accuracy_over_time(res), plots.lambda_tradeoff(res),
-                plots.lambda_tradeoff(res, split="test")):
+                plots.lambda_tradeoff(res, split="test", mark_plasticity=0.5),
+                plots.lambda_curves(res), plots.lambda_curves(res, split="dev")):
         assert fig.axes and all(ax.get_title() or ax.get_xlabel() for ax in fig.axes[:1])
         matplotlib.pyplot.close(fig)
 

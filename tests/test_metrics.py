@@ -90,3 +90,42 @@ def test_accuracy_at_k_counts_ties_against_the_target():
     assert acc[1] == pytest.approx(1 / 3)   # only row 0
     assert acc[2] == pytest.approx(2 / 3)   # rows 0, 1 (row 2 ties: rank 2)
     assert acc[3] == pytest.approx(1.0)
+
+
+def test_forgetting_at_plasticity_interpolates_along_the_sweep():
+    # three λ: plasticity falls 0.9 → 0.8 → 0.6 as forgetting falls 0.5 → 0.3 → 0.1
+    plast, forg = [0.6, 0.9, 0.8], [0.1, 0.5, 0.3]   # any order
+    assert metrics.forgetting_at_plasticity(plast, forg, 0.8) == pytest.approx(0.3)
+    assert metrics.forgetting_at_plasticity(plast, forg, 0.85) == pytest.approx(0.4)
+    assert metrics.forgetting_at_plasticity(plast, forg, 0.7) == pytest.approx(0.2)
+    assert metrics.forgetting_at_plasticity(plast, forg, 0.6) == pytest.approx(0.1)
+    # never extrapolated
+    assert math.isnan(metrics.forgetting_at_plasticity(plast, forg, 0.95))
+    assert math.isnan(metrics.forgetting_at_plasticity(plast, forg, 0.5))
+
+
+def test_forgetting_at_plasticity_averages_ties_and_skips_missing_points():
+    assert metrics.forgetting_at_plasticity([0.5, 0.5, 0.7], [0.1, 0.3, 0.4], 0.5) == pytest.approx(0.2)
+    assert metrics.forgetting_at_plasticity([0.5, float("nan"), 0.7], [0.2, 0.9, 0.4], 0.6) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        metrics.forgetting_at_plasticity([0.5, 0.6], [0.1], 0.5)
+
+
+def test_sweep_tradeoff_reads_a_results_dict_and_adds_finetuning_as_lambda_zero():
+    sweep = [
+        {"lambda": 100.0, "test_plasticity": 0.6, "test_avg_forgetting": 0.1,
+         "dev_plasticity": 0.65, "dev_avg_forgetting": 0.15},
+        {"lambda": 1.0, "test_plasticity": 0.8, "test_avg_forgetting": 0.3,
+         "dev_plasticity": 0.85, "dev_avg_forgetting": 0.35},
+    ]
+    results = {"methods": {"finetune": {"accuracy_matrix": R_FINETUNE, "dev_accuracy_matrix": R},
+                           "kfac": {"lambda_sweep": sweep}}}
+    lams, plast, forg = metrics.sweep_tradeoff(results, "kfac")
+    np.testing.assert_allclose(lams, [0.0, 1.0, 100.0])
+    np.testing.assert_allclose(plast, [(0.70 + 0.90 + 0.95) / 3, 0.8, 0.6])
+    np.testing.assert_allclose(forg, [0.65, 0.3, 0.1])
+    lams, plast, forg = metrics.sweep_tradeoff(results, "kfac", split="dev", with_finetune=False)
+    np.testing.assert_allclose(lams, [1.0, 100.0])
+    np.testing.assert_allclose(forg, [0.35, 0.15])
+    with pytest.raises(KeyError, match="lambda_sweep"):
+        metrics.sweep_tradeoff(results, "finetune")
