@@ -153,6 +153,24 @@ def test_plots_draw_every_figure_from_the_json(tmp_path):
         matplotlib.pyplot.close(fig)
 
 
+def test_tables_summarise_methods_and_sweeps(tmp_path):
+    from kfac_tutorial.experiments import methods_table, sweep_table
+
+    out = tmp_path / "r.json"
+    main(["--methods", "kfac,finetune", "--tasks", "toy-a,toy-b", "--profile", "test",
+          "--out", str(out), "--no-progress"])
+    res = read_results(out)
+    table = methods_table(res)
+    assert list(table.index) == ["finetune", "kfac"]
+    assert table.loc["kfac", "λ (dev)"] == res["methods"]["kfac"]["lambda"]
+    assert table.loc["kfac", "forgetting reduction"] == pytest.approx(res["methods"]["kfac"]["forgetting_reduction"], nan_ok=True)
+    assert table.loc["finetune", "curvature bytes"] == 0 and table.loc["kfac", "curvature bytes"] > 0
+    sweep = sweep_table(res)
+    grid = get_profile("cnn", "test").lambdas["kfac"]
+    assert [lam for _, lam in sweep.index] == list(grid)
+    assert sweep["chosen"].sum() == 1
+
+
 def test_unknown_task_name_is_refused_up_front_with_the_choices(capsys):
     assert main(["--methods", "finetune", "--tasks", "diseases,genes", "--profile", "test"]) == 2
     err = capsys.readouterr().err

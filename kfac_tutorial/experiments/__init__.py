@@ -14,11 +14,11 @@ from .harness import (
 )
 from .cache import cache_key, run_or_load
 from .profiles import PROFILE_NAMES, Profile, get_profile
-from .results import read_results, write_json_atomic
+from .results import methods_table, read_results, sweep_table, write_json_atomic
 from .toy import Task, toy_task
 
 __all__ = [
     "METHODS", "MODELS", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "build_linker", "cache_key",
-    "get_profile", "load_tasks", "prepare_task", "read_results", "run_experiment", "run_or_load",
-    "toy_task", "validate", "write_json_atomic",
+    "get_profile", "load_tasks", "methods_table", "prepare_task", "read_results", "run_experiment",
+    "run_or_load", "sweep_table", "toy_task", "validate", "write_json_atomic",
 ]
