@@ -30,7 +30,7 @@ import torch
 __all__ = [
     "accuracy_at_k", "average_forgetting", "final_average_accuracy", "forgetting",
     "forgetting_at_plasticity", "forgetting_reduction", "plasticity", "summarize",
-    "sweep_tradeoff",
+    "matched_plasticity", "sweep_tradeoff",
 ]
 
 
@@ -154,3 +154,33 @@ def sweep_tradeoff(results: dict, method: str, split: str = "test",
     points.sort(key=lambda p: p[0])
     arr = np.array([[np.nan if v is None else v for v in p] for p in points], dtype=float)
     return arr[:, 0], arr[:, 1], arr[:, 2]
+
+
+def matched_plasticity(results: dict, methods: Sequence[str] = ("ewc", "kfac"),
+                       split: str = "test") -> list[dict]:
+    """Compare consolidation methods at equal plasticity, read off their λ sweeps.
+
+    For each method ``m`` in ``methods`` (its λ chosen on dev by the harness): the
+    plasticity of ``m``'s chosen run, and at that plasticity every method's forgetting
+    interpolated along its own sweep (:func:`forgetting_at_plasticity`, fine-tuning as
+    λ = 0) with its reduction vs fine-tuning. nan where a method's sweep never reached
+    that plasticity. A reading aid for the trade-off curves: nothing here picks λ."""
+    curves = {m: sweep_tradeoff(results, m, split) for m in methods}
+    base = results["methods"].get("finetune")
+    f_ft = float("nan")
+    if base is not None:
+        key = "dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"
+        R = np.array([[np.nan if v is None else v for v in row] for row in base[key]], dtype=float)
+        f_ft = average_forgetting(R)
+    rows = []
+    for ref in methods:
+        chosen = results["methods"][ref]["lambda"]
+        sweep = {s["lambda"]: s for s in results["methods"][ref]["lambda_sweep"]}
+        target = sweep[chosen][f"{split}_plasticity"]
+        row = {"matched to": ref, "lambda": chosen, "plasticity": target}
+        for m, (_, plast, forg) in curves.items():
+            f = forgetting_at_plasticity(plast, forg, target)
+            row[f"{m} forgetting"] = f
+            row[f"{m} reduction"] = forgetting_reduction(f, f_ft) if np.isfinite(f) else float("nan")
+        rows.append(row)
+    return rows

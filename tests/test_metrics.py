@@ -129,3 +129,27 @@ def test_sweep_tradeoff_reads_a_results_dict_and_adds_finetuning_as_lambda_zero(
     np.testing.assert_allclose(forg, [0.35, 0.15])
     with pytest.raises(KeyError, match="lambda_sweep"):
         metrics.sweep_tradeoff(results, "finetune")
+
+
+def test_matched_plasticity_reads_each_method_at_the_others_chosen_plasticity():
+    def sweep(points):
+        return [{"lambda": lam, "test_plasticity": p, "test_avg_forgetting": f,
+                 "dev_plasticity": p, "dev_avg_forgetting": f} for lam, p, f in points]
+
+    # fine-tuning: plasticity 0.85, forgetting 0.65 (R_FINETUNE)
+    results = {"methods": {
+        "finetune": {"accuracy_matrix": R_FINETUNE, "dev_accuracy_matrix": R_FINETUNE},
+        "ewc": {"lambda": 10.0, "lambda_sweep": sweep([(1.0, 0.80, 0.40), (10.0, 0.60, 0.20)])},
+        "kfac": {"lambda": 1.0, "lambda_sweep": sweep([(1.0, 0.75, 0.15), (10.0, 0.55, 0.05)])},
+    }}
+    rows = metrics.matched_plasticity(results, ("ewc", "kfac"))
+    at_ewc, at_kfac = rows
+    assert at_ewc["matched to"] == "ewc" and at_ewc["plasticity"] == pytest.approx(0.60)
+    assert at_ewc["ewc forgetting"] == pytest.approx(0.20)
+    assert at_ewc["kfac forgetting"] == pytest.approx(0.15 - 0.10 * 0.15 / 0.20)  # on 0.75→0.55
+    assert at_ewc["kfac reduction"] == pytest.approx(1 - at_ewc["kfac forgetting"] / 0.65)
+    assert at_kfac["plasticity"] == pytest.approx(0.75)
+    assert at_kfac["ewc forgetting"] == pytest.approx(0.35)  # between 0.80 (0.40) and 0.60 (0.20)
+    # EWC at plasticity 0.60 and KFAC's sweep (with fine-tuning as λ = 0) spans 0.55..0.85
+    ref = metrics.matched_plasticity(results, ("kfac",))[0]
+    assert ref["kfac forgetting"] == pytest.approx(0.15)
