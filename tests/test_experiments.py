@@ -201,3 +201,23 @@ def test_run_or_load_caches_by_every_input(tmp_path, monkeypatch):
     monkeypatch.delenv("KFAC_RESULTS_CACHE", raising=False)
     with pytest.raises(AssertionError, match="trained again"):
         run_or_load("cnn", TASKS, ["finetune"], profile, seed=1)  # no cache: runs
+
+
+def test_compare_variants_one_row_per_variant_and_method(tmp_path, monkeypatch):
+    """Each variant is its own run (overrides reach the profile, a task order replaces
+    the default); unknown settings are refused with the valid ones listed."""
+    from kfac_tutorial.experiments import compare_variants
+
+    monkeypatch.setenv("KFAC_RESULTS_CACHE", str(tmp_path))
+    profile = get_profile("cnn", "test")
+    table, runs = compare_variants("cnn", TASKS, ["finetune", "kfac"], profile, {
+        "default": {}, "exact": {"fisher": "exact"}, "reversed": {"tasks": TASKS[::-1]}},
+        progress=False)
+    assert list(table["variant"]) == ["default", "default", "exact", "exact", "reversed", "reversed"]
+    assert runs["exact"]["config"]["fisher"] == "exact"
+    assert runs["default"]["config"]["fisher"] == profile.fisher
+    assert runs["reversed"]["tasks"] == TASKS[::-1]
+    assert table.loc[table.method == "kfac", "forgetting_reduction"].notna().all()
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    with pytest.raises(ValueError, match="unknown setting.*mc_sample"):
+        compare_variants("cnn", TASKS, ["finetune"], profile, {"typo": {"mc_sample": 3}})
