@@ -1,0 +1,115 @@
+"""What a run costs before running it: count the work, time a few steps, multiply.
+
+A sequential run (:func:`~kfac_tutorial.experiments.run_experiment`) is dominated by
+three kinds of passes over examples, all counted exactly by :func:`count_work` from
+the profile and the task sizes:
+
+* training: ``epochs × n_t`` examples for each task trained, where task 0 is trained
+  once, fine-tuning trains tasks 1..T−1 once, each consolidation method trains them
+  once per λ of its grid, and joint training trains task t on the union of tasks 0..t;
+* Fisher: ``min(fisher_examples, n_t)`` examples for task 0 once per family and for
+  tasks 1..T−2 once per λ (the last task's Fisher is never needed), each costing a
+  forward pass and ``mc_samples`` backward passes (``exact``: one per class);
+* evaluation: after each task trained, the dev and test splits of every task seen.
+
+:func:`measure_rates` times a few real training and evaluation steps of the profile's
+linker on this machine; :func:`estimate_seconds` combines both. The estimate ignores
+start-up (loading data and models) and assumes the per-example cost does not change
+with the number of concepts (it grows slowly with it: the concept table is a matrix
+product), so it is a lower bound that chapter 10 checks against measured runs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from .harness import _FAMILY, build_linker, load_tasks, prepare_task
+from .profiles import Profile
+
+__all__ = ["count_work", "estimate_seconds", "measure_rates"]
+
+
+def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile) -> dict:
+    """Examples processed by a run. ``task_sizes``: per task, ``{"train", "dev", "test"}``
+    example counts after :func:`prepare_task` (e.g. a results dict's ``examples``).
+
+    Returns ``train_examples`` (forward+backward), ``fisher_forward`` and
+    ``fisher_backward`` (per-example passes of the curvature fits) and
+    ``eval_examples`` (forward only), each a total over the whole run."""
+    T = len(task_sizes)
+    n = [s["train"] for s in task_sizes]
+    ev = [s["dev"] + s["test"] for s in task_sizes]
+    train = profile.epochs * n[0]
+    evals = ev[0]
+    fisher_fwd = fisher_bwd = 0
+    per_fit = (lambda t: min(profile.fisher_examples or n[t], n[t]))
+    backward_per_example = profile.mc_samples if profile.fisher == "mc" else 1
+    families = {_FAMILY[m] for m in methods if m in _FAMILY}
+    if T > 1:
+        for _ in families:  # task 0's Fisher, shared by the sum and online variants
+            fisher_fwd += per_fit(0)
+    for m in methods:
+        grid = len(profile.lambdas[_FAMILY[m]]) if m in _FAMILY else 1
+        for t in range(1, T):
+            seen = sum(n[: t + 1]) if m == "joint" else n[t]
+            train += grid * profile.epochs * seen
+            evals += grid * sum(ev[: t + 1])
+            if m in _FAMILY and t < T - 1:
+                fisher_fwd += grid * per_fit(t)
+    fisher_bwd = fisher_fwd * backward_per_example
+    return {"train_examples": int(train), "fisher_forward": int(fisher_fwd),
+            "fisher_backward": int(fisher_bwd), "eval_examples": int(evals)}
+
+
+def measure_rates(model: str, task_name: str, profile: Profile, seed: int = 0,
+                  steps: int = 6) -> dict:
+    """Examples per second of training steps (forward, backward, AdamW) and of
+    evaluation, for the profile's linker on one task, timed over ``steps`` batches
+    after one warm-up batch. Returns ``{"train_per_s", "eval_per_s", "device"}``."""
+    from ..training import linking_batches, train
+    from ..linkers import ConceptInventory
+
+    task = prepare_task(load_tasks([task_name], profile, seed)[0], profile, seed)
+    linker = build_linker(model, ConceptInventory.union([task]), profile, seed=seed)
+    if torch.cuda.is_available():
+        linker = linker.cuda()
+    linker.begin_task(list(task.concepts))
+    examples = (task.train * (1 + (steps + 1) * profile.batch_size // max(len(task.train), 1)))
+    examples = examples[: (steps + 1) * profile.batch_size]
+    warm = linking_batches(linker, examples[: profile.batch_size], profile.batch_size)
+    train(linker, warm, epochs=1, lr=profile.lr, head_lr=profile.head_lr)
+    timed = linking_batches(linker, examples[profile.batch_size:], profile.batch_size)
+    _sync()
+    start = time.perf_counter()
+    train(linker, timed, epochs=1, lr=profile.lr, head_lr=profile.head_lr)
+    _sync()
+    train_rate = len(examples[profile.batch_size:]) / (time.perf_counter() - start)
+    batches = linking_batches(linker, examples, profile.eval_batch_size)
+    linker.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        for inputs, _ in batches:
+            linker(inputs)
+        _sync()
+    eval_rate = len(examples) / (time.perf_counter() - start)
+    return {"train_per_s": train_rate, "eval_per_s": eval_rate,
+            "device": str(linker.device())}
+
+
+def estimate_seconds(work: dict, rates: dict) -> float:
+    """Seconds for ``work`` (:func:`count_work`) at ``rates`` (:func:`measure_rates`).
+
+    A Fisher example costs a forward pass (a third of a training step) plus, per
+    backward pass, the other two thirds."""
+    step = 1.0 / rates["train_per_s"]
+    fisher = work["fisher_forward"] * step / 3 + work["fisher_backward"] * 2 * step / 3
+    return (work["train_examples"] * step + fisher
+            + work["eval_examples"] / rates["eval_per_s"])
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

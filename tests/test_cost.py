@@ -1,0 +1,73 @@
+"""The cost model of a sequential run: exact counts on a hand-made case, and the
+estimate's arithmetic."""
+
+import pytest
+
+from kfac_tutorial.experiments import get_profile
+from kfac_tutorial.experiments.cost import count_work, estimate_seconds, measure_rates
+
+
+def test_count_work_by_hand():
+    profile = get_profile("cnn", "test").with_overrides(
+        epochs=2, lambdas={"ewc": (1.0,), "kfac": (1.0, 10.0)}, fisher_examples=15,
+        mc_samples=3, fisher="mc")
+    sizes = [{"train": 10, "dev": 1, "test": 3}, {"train": 20, "dev": 2, "test": 4},
+             {"train": 30, "dev": 3, "test": 5}]
+    work = count_work(sizes, ["finetune", "kfac", "joint"], profile)
+    # task 0 once; finetune tasks 1, 2 once; kfac twice (grid of 2); joint on unions
+    assert work["train_examples"] == 2 * 10 + 2 * 50 + 2 * 2 * 50 + 2 * (30 + 60)
+    # task 0's Fisher once (10 < 15 examples), task 1's once per λ (15 of 20); never task 2's
+    assert work["fisher_forward"] == 10 + 2 * 15
+    assert work["fisher_backward"] == 3 * work["fisher_forward"]
+    # after task 0: task 0; each later task t (per λ): tasks 0..t
+    assert work["eval_examples"] == 4 + (1 + 2 + 1) * ((4 + 6) + (4 + 6 + 8))  # finetune, kfac ×2, joint
+    exact = count_work(sizes, ["kfac_online"], profile.with_overrides(fisher="exact"))
+    assert exact["fisher_backward"] == exact["fisher_forward"] == 10 + 2 * 15
+
+
+def test_estimate_seconds_arithmetic():
+    work = {"train_examples": 300, "fisher_forward": 30, "fisher_backward": 60,
+            "eval_examples": 100}
+    rates = {"train_per_s": 30.0, "eval_per_s": 50.0}
+    expected = 300 / 30 + 30 / 30 / 3 + 60 * 2 / 30 / 3 + 100 / 50
+    assert estimate_seconds(work, rates) == pytest.approx(expected)
+
+
+def test_measure_rates_positive_on_a_toy_task():
+    rates = measure_rates("cnn", "toy-a", get_profile("cnn", "test"), steps=2)
+    assert rates["train_per_s"] > 0 and rates["eval_per_s"] > 0
+
+
+def test_count_work_matches_what_a_run_trains_and_scores(monkeypatch):
+    """The counts equal the examples a real (tiny) run sends through training, the
+    Fisher fits and evaluation."""
+    from kfac_tutorial import consolidation
+    from kfac_tutorial.experiments import harness, load_tasks, run_experiment
+
+    seen = {"train": 0, "fisher": 0, "eval": 0}
+    real_train, real_eval = harness.train, harness.evaluate
+    real_kfac = consolidation.KFAC.fit.__func__
+
+    def train(model, batches, *, epochs, **kw):
+        seen["train"] += epochs * len(batches.texts)
+        return real_train(model, batches, epochs=epochs, **kw)
+
+    def evaluate(model, batches, **kw):
+        seen["eval"] += len(batches.texts)
+        return real_eval(model, batches, **kw)
+
+    def fit(cls, model, batches, **kw):
+        seen["fisher"] += sum(len(t) for _, t in batches)
+        return real_kfac(cls, model, batches, **kw)
+
+    monkeypatch.setattr(harness, "train", train)
+    monkeypatch.setattr(harness, "evaluate", evaluate)
+    monkeypatch.setattr(consolidation.KFAC, "fit", classmethod(fit))
+    profile = get_profile("cnn", "test").with_overrides(epochs=1, fisher_examples=8)
+    methods = ["finetune", "kfac", "joint"]
+    tasks = load_tasks(["toy-a", "toy-b", "toy-c"], profile)
+    res = run_experiment("cnn", tasks, methods, profile, progress=False)
+    work = count_work([res["examples"][t] for t in res["tasks"]], methods, profile)
+    assert seen["train"] == work["train_examples"]
+    assert seen["fisher"] == work["fisher_forward"]
+    assert seen["eval"] == work["eval_examples"]
