@@ -18,7 +18,8 @@ smaller λ), never by test. The Fisher is estimated on the task's training menti
 (``profile.fisher_examples`` of them), with the same full softmax over every seen
 concept that training uses, in ``eval()`` mode.
 
-Recorded per method: ``seconds`` (task 0 + the chosen λ's run, Fisher fits included),
+Recorded for the run: ``total_seconds`` (wall time from task 0 to the last method, Fisher
+fits and evaluations included). Recorded per method: ``seconds`` (task 0 + the chosen λ's run, Fisher fits included),
 ``sweep_seconds`` (the whole λ sweep), ``peak_memory_mb`` (CUDA: peak allocated; CPU:
 the process's peak resident set so far, which never decreases), ``curvature_bytes``
 (``memory_bytes()`` of the penalty after the last fit) and ``parameter_sha1`` (a
@@ -291,6 +292,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
         bar = tqdm(total=total, desc="tasks trained", unit="task")
 
     # task 0: identical for every method; trained once
+    run_started = time.perf_counter()
     start = time.perf_counter()
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
@@ -364,6 +366,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
             ]
         results["methods"][method] = entry
         _add_reductions(results)
+        results["total_seconds"] = time.perf_counter() - run_started
         if on_update is not None:
             on_update(results)
     if bar is not None:
