@@ -28,6 +28,7 @@ def one_thread():
 def _strip_timing(results):
     out = json.loads(json.dumps(results))
     out.pop("torch_threads", None)
+    out.pop("total_seconds", None)
     for m in out["methods"].values():
         for key in ("seconds", "sweep_seconds", "peak_memory_mb"):
             m.pop(key, None)
