@@ -4,7 +4,8 @@ estimate's arithmetic."""
 import pytest
 
 from kfac_tutorial.experiments import get_profile
-from kfac_tutorial.experiments.cost import count_work, estimate_seconds, measure_rates
+from kfac_tutorial.experiments.cost import (count_work, estimate_breakdown, estimate_seconds,
+                                            measure_rates)
 
 
 def test_count_work_by_hand():
@@ -31,6 +32,8 @@ def test_estimate_seconds_arithmetic():
     rates = {"train_per_s": 30.0, "eval_per_s": 50.0}
     expected = 300 / 30 + 30 / 30 / 3 + 60 * 2 / 30 / 3 + 100 / 50
     assert estimate_seconds(work, rates) == pytest.approx(expected)
+    parts = estimate_breakdown(work, rates)
+    assert parts["training"] == pytest.approx(10) and parts["evaluation"] == pytest.approx(2)
 
 
 def test_measure_rates_positive_on_a_toy_task():

@@ -13,7 +13,7 @@ the profile and the task sizes:
 * evaluation: after each task trained, the dev and test splits of every task seen.
 
 :func:`measure_rates` times a few real training and evaluation steps of the profile's
-linker on this machine; :func:`estimate_seconds` combines both. The estimate ignores
+linker on this machine; :func:`estimate_seconds` (and :func:`estimate_breakdown`) combine both. The estimate ignores
 start-up (loading data and models) and assumes the per-example cost does not change
 with the number of concepts (it grows slowly with it: the concept table is a matrix
 product), so it is a lower bound that chapter 10 checks against measured runs.
@@ -29,7 +29,7 @@ import torch
 from .harness import _FAMILY, build_linker, load_tasks, prepare_task
 from .profiles import Profile
 
-__all__ = ["count_work", "estimate_seconds", "measure_rates"]
+__all__ = ["count_work", "estimate_breakdown", "estimate_seconds", "measure_rates"]
 
 
 def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile) -> dict:
@@ -99,15 +99,23 @@ def measure_rates(model: str, task_name: str, profile: Profile, seed: int = 0,
             "device": str(linker.device())}
 
 
-def estimate_seconds(work: dict, rates: dict) -> float:
-    """Seconds for ``work`` (:func:`count_work`) at ``rates`` (:func:`measure_rates`).
+def estimate_breakdown(work: dict, rates: dict) -> dict[str, float]:
+    """Seconds for ``work`` (:func:`count_work`) at ``rates`` (:func:`measure_rates`),
+    split into ``training``, ``fisher`` and ``evaluation``.
 
-    A Fisher example costs a forward pass (a third of a training step) plus, per
-    backward pass, the other two thirds."""
+    A Fisher example costs a forward pass (taken as a third of a training step) plus,
+    per backward pass, the other two thirds."""
     step = 1.0 / rates["train_per_s"]
-    fisher = work["fisher_forward"] * step / 3 + work["fisher_backward"] * 2 * step / 3
-    return (work["train_examples"] * step + fisher
-            + work["eval_examples"] / rates["eval_per_s"])
+    return {
+        "training": work["train_examples"] * step,
+        "fisher": (work["fisher_forward"] + 2 * work["fisher_backward"]) * step / 3,
+        "evaluation": work["eval_examples"] / rates["eval_per_s"],
+    }
+
+
+def estimate_seconds(work: dict, rates: dict) -> float:
+    """Total seconds of :func:`estimate_breakdown`."""
+    return float(sum(estimate_breakdown(work, rates).values()))
 
 
 def _sync() -> None:
