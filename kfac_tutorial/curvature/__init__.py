@@ -4,11 +4,13 @@
 * :mod:`.capture`: recording every call of a layer (inputs, outputs, padding masks).
 * :mod:`.layers`: one rule per layer type (Linear, Conv1d, Embedding, LayerNorm).
 * :mod:`.estimate`: one pass over the data accumulating ``A``, ``G`` and diagonals.
+* :mod:`.memory`: the bytes a state holds per layer, against the parameters.
 """
 
 from .estimate import Estimate, LayerFactors, WeightSharing, estimate
 from .flavours import FisherType, Likelihood, backprop_vectors
 from .layers import RULES, LayerRule, register
+from .memory import memory_report
 
 __all__ = [
     "Estimate",
@@ -20,5 +22,6 @@ __all__ = [
     "WeightSharing",
     "backprop_vectors",
     "estimate",
+    "memory_report",
     "register",
 ]
