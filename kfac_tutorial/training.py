@@ -103,13 +103,17 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
           head_lr: float | None = None, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
           lam: float = 0.0, method: str = "finetune", task: str = "?",
           max_grad_norm: float | None = None, label_smoothing: float = 0.0,
-          progress: bool = False) -> list[float]:
+          progress: bool = False,
+          on_epoch_end: Callable[[int, float], None] | None = None) -> list[float]:
     """Minimise ``cross_entropy(model(inputs), targets) + lam * penalty(model)``.
 
     A fresh AdamW (no weight decay) per call, i.e. per task; ``head_lr`` is the
     learning rate of the concept table (``table.*`` parameters). Raises
     ``NonFiniteLossError`` on a NaN/inf loss. ``label_smoothing`` spreads that much
     target mass uniformly over the classes in the softmax (masked classes excluded). Returns the mean loss of each epoch.
+    ``on_epoch_end(epoch, mean_loss)``, if given, is called after every epoch (e.g. to
+    score a dev split for a learning curve; it may switch the model to eval mode: the
+    next epoch switches it back to training mode).
     """
     opt = torch.optim.AdamW(_param_groups(model, lr, head_lr), weight_decay=0.0)
     model.train()
@@ -150,6 +154,9 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             history.append(total / max(count, 1))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history[-1])
+                model.train()
     finally:
         if bar is not None:
             bar.close()
