@@ -21,7 +21,8 @@ from . import metrics
 
 __all__ = [
     "METHOD_COLORS", "METHOD_LABELS", "accuracy_heatmaps", "accuracy_over_time",
-    "forgetting_bars", "lambda_curves", "lambda_tradeoff", "set_style",
+    "forgetting_bars", "lambda_curves", "lambda_tradeoff", "memory_bars", "set_style",
+    "training_curve",
 ]
 
 METHOD_LABELS = {
@@ -217,4 +218,57 @@ def lambda_curves(results: dict, methods: Sequence[str] | None = None, split: st
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)
     _suptitle(fig, results, "What λ does")
+    return fig
+
+
+def training_curve(losses: Sequence[float], dev_accuracy: Sequence[float] | None = None,
+                   title: str = "Training on one task"):
+    """Mean training loss per epoch (left) and, if given, dev accuracy@1 after each epoch
+    (right): the learning curve of one task (``train(..., on_epoch_end=...)``)."""
+    set_style()
+    epochs = np.arange(1, len(losses) + 1)
+    n = 1 if dev_accuracy is None else 2
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.3), squeeze=False, constrained_layout=True)
+    ax = axes[0][0]
+    ax.plot(epochs, losses, marker="o")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss (cross-entropy)")
+    ax.set_title("training loss", fontsize=10)
+    if dev_accuracy is not None:
+        ax = axes[0][1]
+        ax.plot(epochs, dev_accuracy, marker="o", color=_PALETTE[2])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("dev accuracy@1")
+        ax.set_title("dev accuracy", fontsize=10)
+    fig.suptitle(title)
+    return fig
+
+
+def memory_bars(tables: dict, title: str = "Curvature memory by layer type"):
+    """Grouped horizontal bars, one panel per model: for each layer group (the index of
+    a table) the bytes of its parameters and of each curvature state (the columns, e.g.
+    ``parameters``, ``EWC``, ``KFAC``), in MiB."""
+    set_style()
+    n = len(tables)
+    heights = [len(t) for t in tables.values()]
+    fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 0.55 * max(heights) * 3 / 2 + 1.4),
+                             squeeze=False, constrained_layout=True)
+    colors = {"parameters": _PALETTE[7], "EWC": METHOD_COLORS["ewc"], "KFAC": METHOD_COLORS["kfac"]}
+    for ax, (name, table) in zip(axes[0], tables.items()):
+        y = np.arange(len(table))
+        width = 0.8 / len(table.columns)
+        for j, col in enumerate(table.columns):
+            vals = table[col].to_numpy(dtype=float) / 2**20
+            bars = ax.barh(y + (j - (len(table.columns) - 1) / 2) * width, vals, width,
+                           label=col, color=colors.get(col, _PALETTE[j % len(_PALETTE)]))
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_yticks(y, list(table.index))
+        ax.invert_yaxis()
+        ax.set_xlabel("MiB")
+        ax.set_title(name, fontsize=10)
+        ax.margins(x=0.15)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     return fig

@@ -18,7 +18,7 @@ from .linkers.concept_table import MASKED_LOGIT
 from .metrics import accuracy_at_k
 
 __all__ = [
-    "LinkingBatches", "NonFiniteLossError", "evaluate", "linking_batches", "train",
+    "LinkingBatches", "NonFiniteLossError", "evaluate", "linking_batches", "predict", "train",
 ]
 
 
@@ -177,3 +177,25 @@ def evaluate(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict[str,
         n += len(targets)
     model.train(was_training)
     return {f"acc@{k}": (hits[k] / n if n else float("nan")) for k in ks}
+
+
+@torch.no_grad()
+def predict(linker, mentions: Sequence[str], k: int = 5,
+            batch_size: int = 256) -> list[list[tuple[str, float]]]:
+    """The top ``k`` concepts of each mention: ``[[(concept id, probability), ...], ...]``,
+    best first, in the linker's current scoring state (inside ``linker.scoring(...)``:
+    against the evaluation candidates, as :func:`evaluate` scores). Eval mode; the
+    training mode is restored."""
+    columns = linker.candidate_ids if linker.setting == "per_task" else linker.inventory.ids
+    was_training = linker.training
+    linker.eval()
+    dev = linker.device()
+    out = []
+    for i in range(0, len(mentions), batch_size):
+        inputs = {key: v.to(dev) for key, v in linker.tokenizer(list(mentions[i : i + batch_size])).items()}
+        probs = torch.softmax(linker(inputs).float(), dim=-1)
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        for p_row, i_row in zip(top.values.tolist(), top.indices.tolist()):
+            out.append([(columns[j], p) for j, p in zip(i_row, p_row)])
+    linker.train(was_training)
+    return out

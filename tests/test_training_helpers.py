@@ -1,6 +1,7 @@
-"""``train(..., on_epoch_end=...)``: called once per epoch with the epoch's mean loss,
-and an evaluation inside it does not change training (the model is back in training
-mode and the run is bit-identical to one without the callback)."""
+"""Training helpers: ``train(..., on_epoch_end=...)`` is called once per epoch with the
+epoch's mean loss, and an evaluation inside it does not change training (the model is
+back in training mode, the run is bit-identical to one without the callback); ``predict``
+ranks like ``evaluate``."""
 
 import torch
 
@@ -36,3 +37,20 @@ def test_on_epoch_end_sees_every_epoch_and_leaves_training_unchanged():
     assert plain == history
     for p, q in zip(linker.parameters(), other.parameters()):
         assert torch.equal(p, q)
+
+
+def test_predict_agrees_with_evaluate():
+    from kfac_tutorial.training import predict
+
+    history, _, linker = _run(callback=False)
+    profile = get_profile("cnn", "test")
+    task = prepare_task(load_tasks(["toy-a"], profile)[0], profile)
+    with linker.scoring(list(task.concepts)):
+        top = predict(linker, [m for m, _ in task.dev], k=5)
+        scores = evaluate(linker, linking_batches(linker, task.dev, 64))
+    assert all(len(t) == 5 for t in top)
+    assert all(t[0][1] >= t[-1][1] for t in top)
+    hits1 = sum(t[0][0] == c for t, (_, c) in zip(top, task.dev)) / len(task.dev)
+    hits5 = sum(c in [cid for cid, _ in t] for t, (_, c) in zip(top, task.dev)) / len(task.dev)
+    assert abs(hits1 - scores["acc@1"]) < 1e-6 and abs(hits5 - scores["acc@5"]) < 1e-6
+    assert linker.training
