@@ -222,3 +222,17 @@ def test_compare_variants_one_row_per_variant_and_method(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.json"))) == 3
     with pytest.raises(ValueError, match="unknown setting.*mc_sample"):
         compare_variants("cnn", TASKS, ["finetune"], profile, {"typo": {"mc_sample": 3}})
+
+
+def test_variant_bars_draws_one_group_per_variant():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"variant": v, "method": m, "forgetting_reduction": r, "plasticity": 0.7,
+         "final_avg_accuracy": 0.6}
+        for v, r in (("a", 0.5), ("b", 0.8)) for m in ("finetune", "kfac")])
+    fig = plots.variant_bars(table, title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.5, 0.8]  # kfac only: fine-tuning has no reduction to show
