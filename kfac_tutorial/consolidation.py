@@ -30,6 +30,14 @@ Several tasks:
   of each task's term by cross terms ``A_old ⊗ G_new``, ``A_new ⊗ G_old``.
 
 Damping ``δ`` adds ``½ δ ‖θ − θ*‖²`` (``F̂ + δ I``).
+
+Storage. State files hold each symmetric factor as its upper triangle (exact, half the
+bytes). ``kfac.low_rank(tol)`` (opt-in) replaces a factor ``M`` by a root ``R``
+(``d × r``, ``M ≈ R Rᵀ`` from its eigendecomposition) wherever ``r ≤ d/2``: ``tol=0``
+keeps the numerical rank (exact to rounding: a ``reduce`` factor from ``N`` examples has
+rank ≤ ``N``), ``tol > 0`` drops the smallest eigenvalues holding at most ``tol/2`` of
+each factor's trace (so ``tr(G_r ⊗ A_r) ≥ (1 − tol) tr(G ⊗ A)``). The penalty then
+costs ``O(d_out d_in r)`` instead of ``O(d_out d_in (d_out + d_in))`` per layer.
 """
 
 from __future__ import annotations
@@ -390,19 +398,34 @@ class KFAC(Consolidation):
                 # seen in the Fisher data only: for a BERT vocabulary most A_v are 0
                 rows = _nonzero_rows(f)
                 D = dW.index_select(0, rows)
-                term = _KroneckerQuadratic.apply(D, G, None, A.index_select(0, rows))
+                a = A.index_select(0, rows)
+                if f.G_root:  # Σ_v a_v ‖ΔW_v R_G‖²
+                    Y = (a.sqrt().unsqueeze(1) * D) @ G
+                    term = (Y * Y).sum()
+                else:
+                    term = _KroneckerQuadratic.apply(D, G, None, a)
             else:
                 D = dW.reshape(dW.shape[0], -1)
                 if f.bias is not None:
                     D = torch.cat([D, (params[f.bias] - self.anchor[f.bias]).unsqueeze(1)], dim=1)
-                term = _KroneckerQuadratic.apply(D, G, A, None)  # tr(Dᵀ G D A)
+                if f.A_root and f.G_root:  # ‖R_Gᵀ D R_A‖²
+                    Y = torch.linalg.multi_dot([G.T, D, A])
+                    term = (Y * Y).sum()
+                elif f.A_root:  # tr(Xᵀ G X), X = D R_A
+                    X = D @ A
+                    term = (X * (G @ X)).sum()
+                elif f.G_root:  # tr(Y A Yᵀ), Y = R_Gᵀ D
+                    Y = G.T @ D
+                    term = (Y * (Y @ A)).sum()
+                else:
+                    term = _KroneckerQuadratic.apply(D, G, A, None)  # tr(Dᵀ G D A)
             total = term if total is None else total + term
         return total
 
     def _add_blocks(self, dense, offsets, params):
         for f in self.factors.values():
             w = params[f.weight]
-            A, G = f.A.detach().double().cpu(), f.G.detach().double().cpu()
+            A, G = f.full_A().detach().double().cpu(), f.full_G().detach().double().cpu()
             if f.kind == "embedding":
                 block = torch.kron(torch.diag(A), G)
                 idx = torch.arange(w.numel()) + offsets[f.weight]
@@ -420,7 +443,7 @@ class KFAC(Consolidation):
             dense[idx.unsqueeze(1), idx.unsqueeze(0)] += block
 
     def _curvature_tensors(self):
-        return super()._curvature_tensors() + [t for f in self.factors.values() for t in (f.A, f.G)]
+        return super()._curvature_tensors() + [t for f in self.factors.values() for t in (f.A, f.G)]  # roots as stored
 
     # -- several tasks -------------------------------------------------------------------------
     def merge(self, new: "KFAC", gamma: float = 1.0) -> "KFAC":
@@ -431,24 +454,49 @@ class KFAC(Consolidation):
         if set(new.factors) != set(self.factors) or set(new.diagonal) != set(self.diagonal):
             raise StateMismatchError("the two KFAC states have different layer structures (factors or diagonal parameters)")
         factors = {}
-        for name, f in new.factors.items():
+        for name, f in new.factors.items():  # low-rank factors are merged as full matrices
             old = self.factors[name]
-            factors[name] = LayerFactors(f.kind, (gamma * old.A + f.A) / (1.0 + gamma), gamma * old.G + f.G, f.weight, f.bias)
+            factors[name] = LayerFactors(f.kind, (gamma * old.full_A() + f.full_A()) / (1.0 + gamma), gamma * old.full_G() + f.full_G(), f.weight, f.bias)
         diagonal = {n: gamma * self.diagonal[n] + new.diagonal[n] for n in new.diagonal}
         info = {**new.info, "online_gamma": gamma, "merged_tasks": self.info.get("merged_tasks", 1) + 1}
         return KFAC({n: a.clone() for n, a in new.anchor.items()}, diagonal, factors, damping=new.damping, info=info)
 
+    # -- low-rank storage (opt-in) ---------------------------------------------------------
+    def low_rank(self, tol: float = 0.0, max_fraction: float = 0.5) -> "KFAC":
+        """A copy whose factors are held as roots ``R`` (``M ≈ R Rᵀ``, ``d × r``) wherever
+        the kept rank ``r ≤ max_fraction · d``; other factors stay full.
+
+        ``tol=0``: keep eigenvalues above the factor's rounding level (numerical rank;
+        the penalty is unchanged to rounding). ``tol>0``: drop the smallest eigenvalues
+        holding at most ``tol/2`` of each factor's trace (an approximation: the trace of
+        every layer's ``G ⊗ A`` keeps at least ``1 − tol`` of its mass). The anchor and
+        diagonal entries are shared with ``self``. ``info["low_rank_tol"]`` records ``tol``.
+        """
+        if tol < 0 or tol >= 1:
+            raise ValueError(f"tol must be in [0, 1), got {tol}")
+        factors = {}
+        for m, f in self.factors.items():
+            A, A_root = (f.A, f.A_root) if f.kind == "embedding" else _maybe_root(f.full_A(), tol / 2, max_fraction)
+            G, G_root = _maybe_root(f.full_G(), tol / 2, max_fraction)
+            factors[m] = LayerFactors(f.kind, A, G, f.weight, f.bias, A_root=A_root, G_root=G_root)
+        info = {**self.info, "low_rank_tol": tol}
+        return KFAC(self.anchor, self.diagonal, factors, damping=self.damping, info=info)
+
     # -- persistence ---------------------------------------------------------------------------
     def _meta(self):
         meta = super()._meta()
-        meta["factors"] = [{"module": m, "kind": f.kind, "weight": f.weight, "bias": f.bias} for m, f in self.factors.items()]
+        meta["factors"] = [
+            {"module": m, "kind": f.kind, "weight": f.weight, "bias": f.bias,
+             "A_storage": _storage(f.A, f.A_root, f.kind == "embedding"), "G_storage": _storage(f.G, f.G_root, False)}
+            for m, f in self.factors.items()
+        ]
         return meta
 
     def _tensors(self, prefix=""):
         tensors = super()._tensors(prefix)
         for m, f in self.factors.items():
-            tensors[f"{prefix}A/{m}"] = f.A
-            tensors[f"{prefix}G/{m}"] = f.G
+            tensors[f"{prefix}A/{m}"] = _pack(f.A, _storage(f.A, f.A_root, f.kind == "embedding"))
+            tensors[f"{prefix}G/{m}"] = _pack(f.G, _storage(f.G, f.G_root, False))
         return tensors
 
     def _load_extra(self, tensors, meta, model, prefix, get, source):
@@ -467,7 +515,65 @@ class KFAC(Consolidation):
                     d_in *= s
                 d_in += spec["bias"] is not None
                 a_shape, g_shape = (d_in, d_in), (wshape[0], wshape[0])
-            self.factors[m] = LayerFactors(spec["kind"], get(f"A/{m}", a_shape), get(f"G/{m}", g_shape), spec["weight"], spec["bias"])
+            A, A_root = _unpack(get, f"A/{m}", a_shape, spec.get("A_storage", "dense"), source, prefix)
+            G, G_root = _unpack(get, f"G/{m}", g_shape, spec.get("G_storage", "dense"), source, prefix)
+            self.factors[m] = LayerFactors(spec["kind"], A, G, spec["weight"], spec["bias"], A_root=A_root, G_root=G_root)
+
+
+def _maybe_root(M: Tensor, tol: float, max_fraction: float) -> tuple[Tensor, bool]:
+    """``(R, True)`` with ``M ≈ R Rᵀ`` when the kept rank is at most ``max_fraction · d``,
+    else ``(M, False)``. Eigenvalues are computed in float64 and clamped at 0."""
+    d = M.shape[0]
+    s, U = torch.linalg.eigh(M.detach().double())
+    s, U = s.flip(0).clamp(min=0), U.flip(1)
+    total = float(s.sum())
+    if total <= 0:
+        return M.new_zeros(d, 0), True
+    if tol > 0:
+        tail = torch.cumsum(s.flip(0), 0).flip(0)  # tail[k] = Σ_{i≥k} s_i
+        r = int((tail > tol * total).sum())
+    else:
+        r = int((s > s[0] * d * torch.finfo(M.dtype).eps).sum())
+    if r > max_fraction * d:
+        return M, False
+    return (U[:, :r] * s[:r].sqrt()).to(M.dtype), True
+
+
+def _storage(t: Tensor, root: bool, diagonal: bool) -> str:
+    """How a factor goes to a file: ``root`` (d × r), ``triu`` (upper triangle of an exactly
+    symmetric matrix, exact) or ``dense``."""
+    if root:
+        return "root"
+    if diagonal or t.dim() != 2 or not torch.equal(t, t.T):
+        return "dense"
+    return "triu"
+
+
+def _pack(t: Tensor, storage: str) -> Tensor:
+    if storage != "triu":
+        return t
+    i, j = torch.triu_indices(t.shape[0], t.shape[0], device=t.device)
+    return t[i, j].contiguous()
+
+
+def _unpack(get, key: str, shape: tuple, storage: str, source: str, prefix: str) -> tuple[Tensor, bool]:
+    """Read one factor stored as ``dense``, ``triu`` or ``root`` and check its shape."""
+    if storage == "dense":
+        return get(key, shape), False
+    if storage == "triu":
+        d = shape[0]
+        v = get(key, (d * (d + 1) // 2,))
+        i, j = torch.triu_indices(d, d, device=v.device)
+        M = v.new_zeros(d, d)
+        M[i, j] = v
+        M[j, i] = v
+        return M, False
+    if storage == "root":
+        t = get(key)
+        if t.dim() != 2 or t.shape[0] != shape[0] or t.shape[1] > shape[0]:
+            raise StateFileError(f"{source} is damaged: low-rank factor '{prefix + key}' has shape {tuple(t.shape)}, expected ({shape[0]}, r ≤ {shape[0]})")
+        return t, True
+    raise StateFileError(f"{source}: factor '{prefix + key}' has unknown storage {storage!r} (dense, triu or root); upgrade kfac_tutorial")
 
 
 class ConsolidationSum:

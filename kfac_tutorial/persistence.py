@@ -21,7 +21,7 @@ from torch import Tensor
 
 METADATA_KEY = "kfac_tutorial"
 FORMAT = "kfac_tutorial.consolidation"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: symmetric factors stored as upper triangles, low-rank roots
 
 PathLike = Union[str, os.PathLike]
 

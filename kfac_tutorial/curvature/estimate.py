@@ -62,6 +62,9 @@ class LayerFactors:
         G: output-gradient factor ``(d_out, d_out)`` (embedding: ``(D, D)``).
         weight: name of the weight parameter; bias: name of the bias (or None), whose
             entries are the last input column of ``[W | b]``.
+        A_root, G_root: when True the factor is held as a root ``R`` of shape ``(d, r)``,
+            ``r < d``, with factor ``= R Rᵀ`` (low-rank storage, see ``KFAC.low_rank``);
+            :meth:`full_A` / :meth:`full_G` give the ``(d, d)`` matrix either way.
     """
 
     kind: str
@@ -69,6 +72,16 @@ class LayerFactors:
     G: Tensor
     weight: str
     bias: Optional[str] = None
+    A_root: bool = False
+    G_root: bool = False
+
+    def full_A(self) -> Tensor:
+        """The input factor as stored (embedding: the ``(V,)`` diagonal) or ``R Rᵀ``."""
+        return self.A @ self.A.T if self.A_root else self.A
+
+    def full_G(self) -> Tensor:
+        """The ``(d_out, d_out)`` output-gradient factor (``R Rᵀ`` for a root)."""
+        return self.G @ self.G.T if self.G_root else self.G
 
 
 @dataclass
