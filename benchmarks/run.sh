@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The benchmarks in one command: peers from the isolated venv when it exists (see
+# benchmarks/setup_peers.sh), else ours only (peers recorded as not installed).
+#
+#   bash benchmarks/run.sh [--quick] [--out PATH] [--sections estimation,step,state,growth]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${PEER_VENV:-/tmp/peervenv}"
+PY=python
+if [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"; fi
+exec "$PY" -m benchmarks "$@"
