@@ -104,8 +104,11 @@ def backprop_vectors(
         if fisher is FisherType.EXACT:
             sqrt_p = p.sqrt()
             positions = [None] if outputs.dim() == 2 else range(outputs.shape[1])
+            live = (sqrt_p * mask).flatten(0, -2).any(0)  # classes with p_c > 0 somewhere
             for t in positions:
                 for c in range(num_classes):
+                    if not live[c]:  # v_c = 0 exactly (e.g. a masked class): contributes nothing
+                        continue
                     residual = -p.clone()
                     residual[..., c] += 1.0
                     v = sqrt_p[..., c : c + 1] * residual * mask

@@ -1,0 +1,45 @@
+"""Classes with probability exactly zero (the linkers mask unseen concepts with a very
+negative logit) contribute nothing to the exact Fisher; the estimator skips them, and
+must still equal the brute-force Fisher."""
+
+import torch
+from torch import nn
+
+import kfac_tutorial as kt
+from oracles import block, dense_diag_to_dict, fisher_dense, module_param_names
+
+DTYPE = torch.float64
+
+
+class MaskedMLP(nn.Module):
+    """An MLP whose last two classes are masked with a −1e4 logit (their softmax
+    probability underflows to exactly 0, as asserted in the test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5))
+        self.register_buffer("mask", torch.tensor([0.0, 0.0, 0.0, -1e4, -1e4]))
+
+    def forward(self, x):
+        return self.net(x) + self.mask
+
+
+def test_exact_fisher_with_masked_classes_equals_brute_force():
+    torch.manual_seed(0)
+    model = MaskedMLP().to(DTYPE)
+    x = torch.randn(7, 4, dtype=DTYPE)
+    y = torch.randint(0, 3, (7,))
+    batches = [(x, y)]
+    assert (model(x).softmax(-1)[:, 3:] == 0).all()  # the masked classes have p exactly 0
+    dense = fisher_dense(model, batches, fisher="exact")
+    ewc = kt.EWC.fit(model, batches, fisher="exact", progress=False)
+    want = dense_diag_to_dict(model, dense.diagonal())
+    for name, d in ewc.diagonal.items():
+        torch.testing.assert_close(d.to(DTYPE), want[name], rtol=1e-9, atol=1e-12)
+    kfac = kt.KFAC.fit(model, [(x[:1], y[:1])], fisher="exact", progress=False)
+    one = fisher_dense(model, [(x[:1], y[:1])], fisher="exact")
+    approx = kfac.to_dense(model)
+    for layer in ("net.0", "net.2"):  # one example: each KFAC block is the exact block
+        names = module_param_names(model, layer)
+        torch.testing.assert_close(block(approx, model, names), block(one, model, names),
+                                   rtol=1e-9, atol=1e-12)
