@@ -274,65 +274,35 @@ def memory_bars(tables: dict, title: str = "Curvature memory by layer type"):
     return fig
 
 
-def accuracy_by_mention(table, similarity_bins: Sequence[float] = (0.0, 0.4, 0.6, 0.8, 1.0),
+def accuracy_by_mention(table, properties: Sequence[str] = ("name similarity", "words"),
+                        similarity_bins: Sequence[float] = (0.0, 0.4, 0.6, 0.8, 1.0),
                         title: str = "Which mentions are linked"):
-    """Accuracy@1 against two properties of the mention, with the number of mentions
-    per bar: its character similarity to the gold concept's preferred name (binned by
-    ``similarity_bins``) and its number of words. ``table`` has one row per mention with
-    columns ``correct`` (bool), ``name similarity`` (0–1) and ``words`` (int)."""
+    """Accuracy@1 against properties of the mention, one panel each, with the number of
+    mentions per bar. ``table`` has one row per mention: a bool column ``correct`` and
+    the ``properties``; a float column in [0, 1] (a similarity) is binned by
+    ``similarity_bins``, an integer column (``words``) is shown as 1, 2, 3, 4+."""
     import pandas as pd
 
     set_style()
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4), constrained_layout=True)
-    sim = pd.cut(table["name similarity"], list(similarity_bins), include_lowest=True)
-    words = table["words"].clip(upper=4).map(lambda w: "4+" if w >= 4 else str(w))
-    for ax, key, xlabel in ((axes[0], sim, "character similarity of mention and preferred name"),
-                            (axes[1], words, "words in the mention")):
-        groups = table.groupby(key, observed=True)["correct"]
+    n = len(properties)
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.4), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    for ax, prop in zip(axes[0], properties):
+        col = table[prop]
+        if pd.api.types.is_integer_dtype(col):
+            key = col.clip(upper=4).map(lambda w: "4+" if w >= 4 else str(w))
+            key = pd.Categorical(key, categories=[c for c in ("1", "2", "3", "4+") if c in set(key)])
+        else:
+            key = pd.cut(col, list(similarity_bins), include_lowest=True)
+        groups = table["correct"].astype(float).groupby(key, observed=True)
         acc, count = groups.mean(), groups.size()
-        labels = [str(k) for k in acc.index]
+        labels = [k if isinstance(k, str) else f"{max(k.left, similarity_bins[0]):g}–{k.right:g}"
+                  for k in acc.index]
         bars = ax.bar(labels, acc.to_numpy(), color=_PALETTE[0])
-        ax.bar_label(bars, labels=[f"n={n}" for n in count.to_numpy()], fontsize=7, padding=2)
-        ax.set_ylim(0, 1.08)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy@1")
+        ax.bar_label(bars, labels=[f"n={c}" for c in count.to_numpy()], fontsize=7, padding=2)
+        ax.set_ylim(0, 1.1)
+        ax.set_xlabel(prop)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(title)
-    return fig
-
-
-def variant_bars(table, methods: Sequence[str] | None = None,
-                 columns: Sequence[str] = ("forgetting_reduction", "plasticity", "final_avg_accuracy"),
-                 title: str = "Variants"):
-    """One panel per metric, one group of bars per variant, one bar per method.
-
-    ``table``: the ``pandas.DataFrame`` of
-    :func:`kfac_tutorial.experiments.compare_variants` (columns ``variant``, ``method`` and
-    the metrics); ``methods`` default: every method but fine-tuning."""
-    set_style()
-    names = {"forgetting_reduction": "reduction of forgetting", "plasticity": "plasticity",
-             "final_avg_accuracy": "final average accuracy", "avg_forgetting": "average forgetting"}
-    if methods is None:
-        methods = [m for m in dict.fromkeys(table["method"]) if m != "finetune"]
-    variants = list(dict.fromkeys(table["variant"]))
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 0.5, 3.4),
-                             squeeze=False, constrained_layout=True)
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(variants))
-    for ax, col in zip(axes[0], columns):
-        for j, m in enumerate(methods):
-            vals = []
-            for v in variants:
-                sel = table[(table["variant"] == v) & (table["method"] == m)][col]
-                vals.append(float(sel.iloc[0]) if len(sel) and sel.iloc[0] is not None else np.nan)
-            bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width,
-                          label=_label(m), color=METHOD_COLORS.get(m))
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-        ax.set_xticks(x, variants, rotation=20, ha="right", fontsize=8)
-        ax.set_title(names.get(col, col), fontsize=10)
-        ax.set_ylim(0, 1.08)
-        ax.set_xlabel("variant")
-    axes[0][0].set_ylabel("value (test)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel("accuracy@1")
     fig.suptitle(title)
     return fig
