@@ -306,3 +306,40 @@ def accuracy_by_mention(table, properties: Sequence[str] = ("name similarity", "
     axes[0][0].set_ylabel("accuracy@1")
     fig.suptitle(title)
     return fig
+
+
+def variant_bars(table, methods: Sequence[str] | None = None,
+                 columns: Sequence[str] = ("forgetting_reduction", "plasticity", "final_avg_accuracy"),
+                 title: str = "Variants"):
+    """One panel per metric, one group of bars per variant, one bar per method.
+
+    ``table``: the ``pandas.DataFrame`` of
+    :func:`kfac_tutorial.experiments.compare_variants` (columns ``variant``, ``method`` and
+    the metrics); ``methods`` default: every method but fine-tuning."""
+    set_style()
+    names = {"forgetting_reduction": "reduction of forgetting", "plasticity": "plasticity",
+             "final_avg_accuracy": "final average accuracy", "avg_forgetting": "average forgetting"}
+    if methods is None:
+        methods = [m for m in dict.fromkeys(table["method"]) if m != "finetune"]
+    variants = list(dict.fromkeys(table["variant"]))
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 0.5, 3.4),
+                             squeeze=False, constrained_layout=True)
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(variants))
+    for ax, col in zip(axes[0], columns):
+        for j, m in enumerate(methods):
+            vals = []
+            for v in variants:
+                sel = table[(table["variant"] == v) & (table["method"] == m)][col]
+                vals.append(float(sel.iloc[0]) if len(sel) and sel.iloc[0] is not None else np.nan)
+            bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width,
+                          label=_label(m), color=METHOD_COLORS.get(m))
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        ax.set_xticks(x, variants, rotation=20, ha="right", fontsize=8)
+        ax.set_title(names.get(col, col), fontsize=10)
+        ax.set_ylim(0, 1.08)
+        ax.set_xlabel("variant")
+    axes[0][0].set_ylabel("value (test)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    return fig
