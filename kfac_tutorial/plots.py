@@ -82,6 +82,7 @@ def accuracy_heatmaps(results: dict, methods: Sequence[str] | None = None,
                     xticklabels=tasks, yticklabels=tasks[: R.shape[0]],
                     cbar_kws={"label": "accuracy@1"} if i == n - 1 else None)
         ax.set_title(_label(m))
+        ax.grid(False)
         ax.set_xlabel("evaluated task k")
         ax.set_ylabel("after training on task t" if i == 0 else "")
     _suptitle(fig, results, "Accuracy matrix")
