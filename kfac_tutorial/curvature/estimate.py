@@ -30,6 +30,7 @@ trainable bias):
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -89,6 +90,27 @@ class Estimate:
     num_examples: int
     factors: dict[str, LayerFactors] = field(default_factory=dict)
     diagonal: dict[str, Tensor] = field(default_factory=dict)
+
+
+# Probe results (unexplained parameters, which calls are aligned with the batch) per model,
+# keyed by the model's structure: parameter and module identities, which are trainable, the
+# estimation settings and the first batch's call signature. A later fit of the same,
+# structurally unchanged model reuses them instead of paying the probes' extra backward
+# passes again. ``clear_probe_cache()`` forgets them (e.g. after changing a forward method).
+_PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def clear_probe_cache() -> None:
+    """Forget the cached probe results of every model."""
+    _PROBE_CACHE.clear()
+
+
+def _structure_key(model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], calls, batch_size: int, inputs) -> tuple:
+    params = tuple((n, id(p), p.requires_grad, tuple(p.shape)) for n, p in model.named_parameters())
+    modules = tuple((n, id(m), m.training) for n, m in model.named_modules())
+    sig = tuple((c.name, c.index, c.rows == batch_size, c.input.dim(), c.mask is not None) for c in calls)
+    kind = tuple(sorted(inputs)) if isinstance(inputs, dict) else type(inputs).__name__
+    return (params, modules, bool(kronecker), tuple(diagonal_modules), sig, batch_size > 1, kind)
 
 
 def _module_matches(name: str, patterns: Sequence[str]) -> bool:
@@ -221,6 +243,8 @@ def estimate(
     generator = torch.Generator(device=device).manual_seed(seed)
     probe_generator = torch.Generator(device=device).manual_seed(seed + 7919)
     aligned_cache: dict[tuple[str, int], bool] = {}
+    model_cache = _PROBE_CACHE.setdefault(model, {})
+    cache_key = None
 
     A: dict[str, Tensor] = {}
     G: dict[str, Tensor] = {}
@@ -248,16 +272,29 @@ def estimate(
                 if batch_size != batch_size_of(inputs):
                     raise ValueError(f"model outputs have {batch_size} rows but the inputs have {batch_size_of(inputs)} examples")
                 calls = recorder.calls
+                for call in calls:
+                    call.check_not_modified()
                 if batch_index == 0:
                     # parameters whose gradient the recorded calls do not fully explain (used
                     # functionally, modules never called, ...) fall back to torch.func
-                    unexplained = _unexplained_parameters(plan, calls, outputs, probe_generator)
+                    cache_key = _structure_key(model, kronecker, diagonal_modules, calls, batch_size, inputs)
+                    cached = model_cache.get(cache_key)
+                    if cached is not None:
+                        unexplained, aligned_cache = cached[0], dict(cached[1])
+                    else:
+                        unexplained = None
+                    prepared = None
+                    if unexplained is None:
+                        prepared = _prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator, chunk_size)
+                        unexplained = _unexplained_parameters(plan, prepared, outputs, probe_generator)
                     if unexplained:
                         plan = _Plan(model, kronecker, diagonal_modules, force_vmap=frozenset(unexplained))
                         calls = [c for c in calls if c.name in plan.recorded]
-                for call in calls:
-                    call.check_not_modified()
-                prepared = _prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator, chunk_size)
+                        prepared = None
+                if batch_index != 0 or prepared is None:
+                    prepared = _prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator, chunk_size)
+                if batch_index == 0 and cache_key is not None:
+                    model_cache[cache_key] = (frozenset(unexplained), dict(aligned_cache))
                 _accumulate_A(plan, prepared, batch_size, weight_sharing, A, positions, acc_dtype)
                 vectors = backprop_vectors(outputs, targets, fisher, likelihood, mc_samples, generator)
                 for v, w in vectors:
@@ -299,35 +336,43 @@ def estimate(
     return result
 
 
-def _unexplained_parameters(plan: _Plan, calls: list[Call], outputs: Tensor, generator: torch.Generator) -> set[str]:
+def _unexplained_parameters(plan: _Plan, prepared: list["_Prepared"], outputs: Tensor, generator: torch.Generator) -> set[str]:
     """Names of hook-covered parameters whose true gradient differs from the sum of their
-    recorded calls' contributions, for a random backprop vector (a one-off probe)."""
+    recorded calls' contributions, for a random backprop vector (a one-off probe).
+
+    One backward pass gives both the true parameter gradients and the gradients w.r.t.
+    the calls' outputs; a call's contribution is its rule's per-example gradient with
+    every row and position collapsed into one example (the batch sum, never the
+    ``(B, *param)`` per-example tensor)."""
     covered = {n for pair in plan.kronecker.values() for n in pair if n is not None}
     covered |= {pname for pairs in plan.hook_diag.values() for _, pname in pairs}
     if not covered:
         return set()
     names = sorted(covered)
     v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
-    true = torch.autograd.grad(outputs, [plan.params[n] for n in names], v, retain_graph=True, allow_unused=True)
-    call_grads = torch.autograd.grad(outputs, [c.output for c in calls], v, retain_graph=True, allow_unused=True) if calls else []
+    targets = [plan.params[n] for n in names] + [p.call.output for p in prepared]
+    grads = torch.autograd.grad(outputs, targets, v, retain_graph=True, allow_unused=True)
+    true, call_grads = grads[: len(names)], grads[len(names):]
     explained: dict[str, Tensor] = {}
     attrs = {}
     for mname, (wname, bname) in plan.kronecker.items():
         attrs.setdefault(mname, []).extend([("weight", wname)] + ([("bias", bname)] if bname else []))
     for mname, pairs in plan.hook_diag.items():
         attrs.setdefault(mname, []).extend(pairs)
-    for call, grad in zip(calls, call_grads):
-        if grad is None or call.name not in attrs:
+    for p, grad in zip(prepared, call_grads):
+        if grad is None or p.call.name not in attrs:
             continue
-        rule = rule_for(call.module)
-        a = rule.inputs(call.module, call.input)
-        pe = rule.per_example_grads(call.module, a, rule.output_grads(call.module, grad))
-        for attr, pname in attrs[call.name]:
+        rule, module = p.rule, p.call.module
+        g = rule.output_grads(module, grad)  # (rows, P, d_out): the plain (unbatched) gradient
+        g1 = g.reshape(1, -1, g.shape[-1])
+        a1 = p.a.reshape(1, -1, *p.a.shape[2:])  # every row's positions, in the same order
+        pe = rule.per_example_grads(module, a1, g1)
+        for attr, pname in attrs[p.call.name]:
             if attr not in pe:
                 continue
-            g = pe[attr]
-            g = g.summed(plan.params[pname].shape[0]) if isinstance(g, SparseRows) else g.sum(0)
-            explained[pname] = explained.get(pname, 0) + g
+            t = pe[attr]
+            t = t.summed(plan.params[pname].shape[0]) if isinstance(t, SparseRows) else t[0]
+            explained[pname] = explained.get(pname, 0) + t
     true = [torch.zeros_like(plan.params[n]) if t is None else t for n, t in zip(names, true)]
     # gradients that vanish mathematically (e.g. attention key biases) are rounding noise:
     # compare against a tolerance relative to the largest gradient of the whole model too
@@ -383,13 +428,20 @@ def _accumulate_A(plan, prepared, batch_size, weight_sharing, A, positions, acc_
             A[name] = A.get(name, 0) + mult * counts
             positions[name] += mult * float(valid.sum())
             continue
-        a = _homogeneous(a.to(acc_dtype), plan.kronecker[name][1] is not None)
-        am = a * valid.unsqueeze(-1)
+        has_bias = plan.kronecker[name][1] is not None
         if weight_sharing == WeightSharing.EXPAND:
+            a = _homogeneous(a.to(acc_dtype), has_bias)
+            am = a * valid.unsqueeze(-1)
             A[name] = A.get(name, 0) + mult * torch.einsum("rpi,rpj->ij", am, a)
             positions[name] += mult * float(valid.sum())
         else:
-            s, c = am.sum(1), valid.sum(1).to(acc_dtype)
+            # masked sum over positions (a batched matvec, no masked copy of the inputs); the
+            # homogeneous coordinate's sum is the number of valid positions
+            vf = valid.to(acc_dtype)
+            c = vf.sum(1)
+            s = torch.einsum("rp,rpi->ri", vf, a.to(acc_dtype))
+            if has_bias:
+                s = torch.cat([s, c.unsqueeze(-1)], dim=-1)
             if s.shape[0] == 1 and batch_size > 1:
                 s, c = s.expand(batch_size, -1), c.expand(batch_size)
             old = reduce_sums.get(name)
@@ -413,6 +465,12 @@ def _accumulate_vector(plan, prepared, outputs, v, w, batch_size, weight_sharing
 
     ghat: dict[str, Tensor] = {}
     per_example: dict[str, object] = {}
+    calls_of = defaultdict(int)  # parameter -> number of calls that reach the outputs
+    for p in prepared:
+        if grads[id(p)] is not None:
+            for _, pname in plan.hook_diag.get(p.call.name, ()):
+                calls_of[pname] += 1
+    single = {pname: n == 1 for pname, n in calls_of.items()}
     for p in prepared:
         grad = grads[id(p)]
         if grad is None:
@@ -421,16 +479,23 @@ def _accumulate_vector(plan, prepared, outputs, v, w, batch_size, weight_sharing
         g = p.output_grads(grad)
         if name in plan.kronecker and p.rule.kind is not None:
             ga = g.to(acc_dtype)
-            if p.mask is not None:
-                ga = ga * p.mask.unsqueeze(-1)
             if weight_sharing == WeightSharing.EXPAND or p.rule.kind == "embedding":
-                G[name] = G.get(name, 0) + w * torch.einsum("bpo,bpq->oq", ga, ga)
+                gm = ga * p.mask.unsqueeze(-1) if p.mask is not None else ga
+                G[name] = G.get(name, 0) + w * torch.einsum("bpo,bpq->oq", gm, ga)
             else:
-                s = ga.sum(1)
+                s = ga.sum(1) if p.mask is None else torch.einsum("bp,bpo->bo", p.mask.to(acc_dtype), ga)
                 ghat[name] = ghat[name] + s if name in ghat else s
         if name in plan.hook_diag:
+            pairs = plan.hook_diag[name]
+            if p.rule.squared_grads is not None and all(single[pname] for _, pname in pairs):
+                # the only contribution to these parameters: square and sum directly
+                for attr, sq in p.rule.squared_grads(p.call.module, p.a, g, acc_dtype).items():
+                    for attr2, pname in pairs:
+                        if attr2 == attr:
+                            diag[pname].add_(sq, alpha=w)
+                continue
             pe = p.rule.per_example_grads(p.call.module, p.a, g)
-            for attr, pname in plan.hook_diag[name]:
+            for attr, pname in pairs:
                 if attr in pe:
                     _accumulate_pe(per_example, pname, pe[attr], batch_size, plan.params[pname])
     for name, s in ghat.items():

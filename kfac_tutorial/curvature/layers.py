@@ -73,6 +73,10 @@ class LayerRule:
     output_grads: Callable[[nn.Module, Tensor], Tensor]
     position_mask: Callable[[nn.Module, Tensor, Tensor, Optional[Tensor]], Optional[Tensor]]
     per_example_grads: Callable[[nn.Module, Tensor, Tensor], dict]
+    # optional: ``(module, a, g, dtype) -> {attribute: Σ_n (per-example gradient)²}`` in
+    # ``dtype``, the same numbers as squaring ``per_example_grads`` but without keeping
+    # them (used when a parameter has one call per forward pass)
+    squared_grads: Optional[Callable[[nn.Module, Tensor, Tensor, torch.dtype], dict]] = None
 
 
 RULES: dict[type, LayerRule] = {}
@@ -126,9 +130,36 @@ def _matrix_per_example_grads(module: nn.Module, a: Tensor, g: Tensor) -> dict:
     return grads
 
 
+def _matrix_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype) -> dict:
+    """``Σ_n (Σ_s g_s a_sᵀ)²`` (weight) and ``Σ_n (Σ_s g_s)²`` (bias), elementwise, in ``dtype``.
+
+    ``a``: ``(B or 1, P, d_in)``, ``g``: ``(B, P, d_out)``. One position (``P = 1``): the
+    square of an outer product is the outer product of squares, ``(g²)ᵀ (a²)``, a single
+    matmul with no per-example tensor. Otherwise one example's gradient at a time
+    (``(d_out, d_in)``, stays in cache) is squared into the sum with ``addcmul_``:
+    ~10× faster on CPU than forming the ``(B, d_out, d_in)`` tensor and reducing it."""
+    batch, positions = g.shape[0], g.shape[1]
+    a = _broadcast(a, batch)
+    out = {}
+    if positions == 1:
+        g2, a2 = g[:, 0].to(dtype).square(), a[:, 0].to(dtype).square()
+        out["weight"] = (g2.T @ a2).reshape(module.weight.shape)
+    else:
+        w = torch.zeros(g.shape[-1], a.shape[-1], dtype=dtype, device=g.device)
+        gt = g.transpose(1, 2)
+        for n in range(batch):
+            pe = torch.mm(gt[n], a[n]).to(dtype)
+            w.addcmul_(pe, pe)
+        out["weight"] = w.reshape(module.weight.shape)
+    if module.bias is not None:
+        out["bias"] = g.sum(1).to(dtype).square().sum(0)
+    return out
+
+
 register(
     nn.Linear,
-    LayerRule("linear", lambda m: True, _linear_inputs, _linear_output_grads, _linear_mask, _matrix_per_example_grads),
+    LayerRule("linear", lambda m: True, _linear_inputs, _linear_output_grads, _linear_mask, _matrix_per_example_grads,
+              _matrix_squared_grads),
 )
 
 
@@ -142,13 +173,10 @@ def _conv1d_inputs(module: nn.Conv1d, x: Tensor) -> Tensor:
     like ``weight.reshape(C_out, -1)``."""
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    patches = F.unfold(
-        x.unsqueeze(2),
-        kernel_size=(1, module.kernel_size[0]),
-        dilation=(1, module.dilation[0]),
-        stride=(1, module.stride[0]),
-    )
-    return patches.transpose(1, 2)
+    k, d, stride = module.kernel_size[0], module.dilation[0], module.stride[0]
+    # strided windows (a view), the taps of a dilated kernel picked from each window
+    windows = x.unfold(2, (k - 1) * d + 1, stride)[..., ::d]  # (rows, C_in, L_out, k)
+    return windows.permute(0, 2, 1, 3).reshape(x.shape[0], windows.shape[2], -1)
 
 
 def _conv1d_output_grads(module: nn.Conv1d, g: Tensor) -> Tensor:
@@ -165,7 +193,8 @@ def _conv1d_mask(module: nn.Conv1d, x: Tensor, out: Tensor, mask: Optional[Tenso
 
 register(
     nn.Conv1d,
-    LayerRule("conv1d", _conv1d_supported, _conv1d_inputs, _conv1d_output_grads, _conv1d_mask, _matrix_per_example_grads),
+    LayerRule("conv1d", _conv1d_supported, _conv1d_inputs, _conv1d_output_grads, _conv1d_mask, _matrix_per_example_grads,
+              _matrix_squared_grads),
 )
 
 
