@@ -185,19 +185,21 @@ def state_bytes(kfac, model, tmpdir: Path, tag: str):
             "by_kind": dict(by_kind)}
 
 
-def state_section(tmpdir, quick):
+def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_names=("cnn", "minilm", "bert-base")):
     out = {}
-    for name, kw in (("cnn", {}), ("minilm", {}), ("bert-base", {"examples": 16 if quick else 32, "batch_size": 16})):
+    kws = {"cnn": {}, "minilm": {}, "bert-base": {"examples": 16 if quick else 32, "batch_size": 16}}
+    for name in names:
+        kw = kws[name]
         w = workload(name, **kw)
         kfac = kt.KFAC.fit(w.model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
                            diagonal_modules=tuple(m for m in w.kfac_diagonal if m in dict(w.model.named_modules())), progress=False)
         ewc_bytes = sum(p.numel() * p.element_size() for p in w.model.parameters() if p.requires_grad)
         entry = {"full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"), "ewc_state_over_parameters": 1.0,
                  "fisher_examples": w.num_examples, "notes": w.notes}
-        for tol in (0.0, 0.01):
+        for tol in ((0.0, 0.01) if name in low_rank_names else ()):
             entry[f"low_rank_tol={tol}"] = state_bytes(kfac.low_rank(tol), w.model, tmpdir, f"{name}-lr{tol}")
         out[w.name] = entry
-        for k in ("full", "low_rank_tol=0.0", "low_rank_tol=0.01"):
+        for k in [k for k in ("full", "low_rank_tol=0.0", "low_rank_tol=0.01") if k in entry]:
             e = entry[k]
             print(f"state {w.name:<14} {k:<18} in memory {e['state_over_parameters']:.2f}x params, file {e['file_curvature_over_parameters']:.2f}x  "
                   + "  ".join(f"{kk}: {vv['ratio']:.2f}x" for kk, vv in e["by_kind"].items()), flush=True)
@@ -276,6 +278,9 @@ def main(argv=None):
     parser.add_argument("--sections", default="estimation,step,state,growth")
     parser.add_argument("--workloads", default="cnn,minilm,bert-base")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--state-workloads", default="cnn,minilm,bert-base", help="workloads of the state section")
+    parser.add_argument("--low-rank-workloads", default="cnn,minilm,bert-base",
+                        help="state-section workloads that also get low_rank(0) and low_rank(0.01) (eigh: slow for BERT-base)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     sections = args.sections.split(",")
@@ -298,7 +303,8 @@ def main(argv=None):
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            result["state"] = state_section(Path(tmp), args.quick)
+            result["state"] = {**result.get("state", {}), **state_section(
+                Path(tmp), args.quick, args.state_workloads.split(","), args.low_rank_workloads.split(","))}
         out_path.write_text(json.dumps(result, indent=1))
     if "growth" in sections:
         result["growth"] = growth(repeats, args.quick)
