@@ -327,10 +327,13 @@ def estimate(
             if a_mat is None:
                 d_in = module.weight.shape[0] if kind == "embedding" else module.weight[0].numel() + (bname is not None)
                 a_mat = torch.zeros(d_in, dtype=acc_dtype, device=device) if kind == "embedding" else torch.zeros(d_in, d_in, dtype=acc_dtype, device=device)
-        a_mat, g_mat = a_mat / max(norm_A, 1), g_mat / num_examples
-        if a_mat.dim() == 2:  # exactly symmetric (the penalty's gradient relies on it)
-            a_mat = 0.5 * (a_mat + a_mat.T)
-        result.factors[mname] = LayerFactors(kind, a_mat, 0.5 * (g_mat + g_mat.T), wname, bname)
+        # normalise and make exactly symmetric (the penalty's gradient relies on it) in one pass
+        if a_mat.dim() == 2:
+            a_mat = (a_mat + a_mat.T).mul_(0.5 / max(norm_A, 1))
+        else:
+            a_mat = a_mat / max(norm_A, 1)
+        g_mat = (g_mat + g_mat.T).mul_(0.5 / num_examples)
+        result.factors[mname] = LayerFactors(kind, a_mat, g_mat, wname, bname)
     in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
     result.diagonal = {n: d / num_examples for n, d in diag.items() if n not in in_kron}
     return result
@@ -448,7 +451,10 @@ def _accumulate_A(plan, prepared, batch_size, weight_sharing, A, positions, acc_
             reduce_sums[name] = (s, c) if old is None else (old[0] + s, old[1] + c)
     for name, (s, c) in reduce_sums.items():
         abar = s / c.clamp(min=1).unsqueeze(-1)
-        A[name] = A.get(name, 0) + abar.T @ abar
+        if name in A:
+            A[name].addmm_(abar.T, abar)
+        else:
+            A[name] = abar.T @ abar
 
 
 def _accumulate_vector(plan, prepared, outputs, v, w, batch_size, weight_sharing, G, diag, acc_dtype, chunk_size) -> None:
@@ -499,7 +505,10 @@ def _accumulate_vector(plan, prepared, outputs, v, w, batch_size, weight_sharing
                 if attr in pe:
                     _accumulate_pe(per_example, pname, pe[attr], batch_size, plan.params[pname])
     for name, s in ghat.items():
-        G[name] = G.get(name, 0) + w * (s.T @ s)
+        if name in G:
+            G[name].addmm_(s.T, s, alpha=w)
+        else:
+            G[name] = torch.mm(s.T, s).mul_(w)
     for pname, pe in per_example.items():
         _add_squared_sum(diag[pname], pe, w)
 
