@@ -120,7 +120,7 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
     history, step = [], 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar as tqdm
 
         bar = tqdm(total=epochs * len(batches), desc=f"{method} · {task}", leave=False)
     try:

@@ -37,7 +37,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar as tqdm
 
 from .capture import Call, CallRecorder, batch_size_of, to_device
 from .flavours import FisherType, Likelihood, backprop_vectors

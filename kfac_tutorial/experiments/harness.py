@@ -287,7 +287,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
     total = 1 + sum(len(grids[m]) * (T - 1) for m in order)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar as tqdm
 
         bar = tqdm(total=total, desc="tasks trained", unit="task")
 
