@@ -152,7 +152,7 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
             history.append(total / max(count, 1))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history[-1])

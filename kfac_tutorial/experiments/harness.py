@@ -321,7 +321,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
             rows = [row0]
             for t in range(1, T):
                 if bar is not None:
-                    bar.set_description(f"{method} λ={lam:g} · {tasks[t].name}")
+                    bar.set_description(f"{method} λ={lam:g} · {tasks[t].name}", refresh=False)
                 run.train_task(t, method, lam, state.penalty if state is not None else None)
                 rows.append(run.evaluate_row(t))
                 if bar is not None:
