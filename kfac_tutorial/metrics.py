@@ -29,7 +29,7 @@ import torch
 
 __all__ = [
     "accuracy_at_k", "average_forgetting", "final_average_accuracy", "forgetting",
-    "forgetting_at_plasticity", "forgetting_reduction", "plasticity", "summarize",
+    "forgetting_at_plasticity", "forgetting_reduction", "plasticity", "split_matrix", "summarize",
     "matched_plasticity", "sweep_tradeoff",
 ]
 
@@ -46,10 +46,19 @@ def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor,
 
 
 def _as_matrix(R) -> np.ndarray:
+    """``R`` as a float array; ``None`` entries (tasks not yet seen) become nan."""
     R = np.asarray(R, dtype=float)
     if R.ndim != 2 or R.shape[0] < 1 or R.shape[1] < R.shape[0]:
         raise ValueError(f"accuracy matrix must be (T, K) with K >= T >= 1, got {R.shape}")
     return R
+
+
+def split_matrix(entry: dict, split: str = "test") -> np.ndarray:
+    """The accuracy matrix of one method's results entry (the harness's JSON) on
+    ``split``: ``"test"`` (``accuracy_matrix``) or ``"dev"`` (``dev_accuracy_matrix``)."""
+    if split not in ("dev", "test"):
+        raise ValueError(f"unknown split {split!r}; valid: 'dev', 'test'")
+    return _as_matrix(entry["dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"])
 
 
 def forgetting(R, kind: str = "max") -> np.ndarray:
@@ -148,11 +157,10 @@ def sweep_tradeoff(results: dict, method: str, split: str = "test",
               for s in entry["lambda_sweep"]]
     base = results["methods"].get("finetune")
     if with_finetune and base is not None:
-        key = "dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"
-        R = np.array([[np.nan if v is None else v for v in row] for row in base[key]], dtype=float)
+        R = split_matrix(base, split)
         points.append((0.0, plasticity(R), average_forgetting(R)))
     points.sort(key=lambda p: p[0])
-    arr = np.array([[np.nan if v is None else v for v in p] for p in points], dtype=float)
+    arr = np.asarray(points, dtype=float)
     return arr[:, 0], arr[:, 1], arr[:, 2]
 
 
@@ -169,9 +177,7 @@ def matched_plasticity(results: dict, methods: Sequence[str] = ("ewc", "kfac"),
     base = results["methods"].get("finetune")
     f_ft = float("nan")
     if base is not None:
-        key = "dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"
-        R = np.array([[np.nan if v is None else v for v in row] for row in base[key]], dtype=float)
-        f_ft = average_forgetting(R)
+        f_ft = average_forgetting(split_matrix(base, split))
     rows = []
     for ref in methods:
         chosen = results["methods"][ref]["lambda"]

@@ -58,7 +58,7 @@ def _methods(results: dict, methods: Sequence[str] | None) -> list[str]:
 
 
 def _matrix(R) -> np.ndarray:
-    return np.array([[np.nan if x is None else x for x in row] for row in R], dtype=float)
+    return np.asarray(R, dtype=float)  # None (a task not seen yet) → nan
 
 
 def _suptitle(fig, results: dict, what: str) -> None:
@@ -167,7 +167,7 @@ def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: 
                 ax.scatter([x], [y], s=160, facecolors="none", edgecolors=color, lw=1.5)
     base = results["methods"].get("finetune")
     if base is not None:
-        R = _matrix(base["dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"])
+        R = metrics.split_matrix(base, split)
         ax.scatter([metrics.plasticity(R)], [metrics.average_forgetting(R)], marker="*", s=180,
                    color=METHOD_COLORS["finetune"], label=_label("finetune"), zorder=3)
     if mark_plasticity is not None and np.isfinite(mark_plasticity):
@@ -194,7 +194,7 @@ def lambda_curves(results: dict, methods: Sequence[str] | None = None, split: st
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), constrained_layout=True)
     base = results["methods"].get("finetune")
     if base is not None:
-        R = _matrix(base["dev_accuracy_matrix" if split == "dev" else "accuracy_matrix"])
+        R = metrics.split_matrix(base, split)
         base_vals = {"avg_forgetting": metrics.average_forgetting(R),
                      "plasticity": metrics.plasticity(R),
                      "final_avg_accuracy": metrics.final_average_accuracy(R)}

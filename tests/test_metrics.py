@@ -153,3 +153,17 @@ def test_matched_plasticity_reads_each_method_at_the_others_chosen_plasticity():
     # EWC at plasticity 0.60 and KFAC's sweep (with fine-tuning as λ = 0) spans 0.55..0.85
     ref = metrics.matched_plasticity(results, ("kfac",))[0]
     assert ref["kfac forgetting"] == pytest.approx(0.15)
+
+
+def test_split_matrix_reads_a_results_entry_with_unseen_tasks_as_nan():
+    import numpy as np
+
+    from kfac_tutorial.metrics import split_matrix
+
+    entry = {"accuracy_matrix": [[0.9, None], [0.5, 0.8]],
+             "dev_accuracy_matrix": [[0.7, None], [0.6, 0.9]]}
+    R = split_matrix(entry)
+    assert R.dtype == float and np.isnan(R[0, 1]) and R[1, 0] == 0.5
+    assert split_matrix(entry, "dev")[1, 1] == 0.9
+    with pytest.raises(ValueError, match="valid: 'dev', 'test'"):
+        split_matrix(entry, "train")

@@ -242,11 +242,6 @@ def _matrix(rows: list[dict], key: str) -> list[list]:
     return [r[key] for r in rows]
 
 
-def _lower(R: list[list]) -> np.ndarray:
-    """Rows with ``None`` for unseen tasks → float array with nan."""
-    return np.array([[np.nan if x is None else x for x in r] for r in R], dtype=float)
-
-
 def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile: Profile,
                    seed: int = 0, setting: str = "growing", progress: bool = True,
                    checkpoint: str | None = None,
@@ -329,7 +324,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
                 if family is not None and t < T - 1:
                     new = run.fit_curvature(family, t)
                     state = state.merge(new, profile.gamma) if online else state + new
-            R_dev = _lower(_matrix(rows, "dev@1"))
+            R_dev = _matrix(rows, "dev@1")
             sweep.append({
                 "lambda": lam,
                 "dev_final_avg_accuracy": metrics.final_average_accuracy(R_dev),
@@ -349,7 +344,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
             "accuracy_matrix": R,
             "accuracy_matrix_at5": best["accuracy_matrix_at5"],
             "dev_accuracy_matrix": best["dev_accuracy_matrix"],
-            **metrics.summarize(_lower(R)),
+            **metrics.summarize(R),
             "lambda": best["lambda"],
             "seconds": best["seconds"],
             "sweep_seconds": shared_seconds + fit0_seconds.get(family, 0.0)
@@ -360,7 +355,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
         }
         if family is not None:
             entry["lambda_sweep"] = [
-                {**s, **{f"test_{k}": v for k, v in metrics.summarize(_lower(s["accuracy_matrix"])).items()
+                {**s, **{f"test_{k}": v for k, v in metrics.summarize(s["accuracy_matrix"]).items()
                          if k in ("avg_forgetting", "plasticity", "final_avg_accuracy")}}
                 for s in sweep
             ]
