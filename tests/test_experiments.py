@@ -79,6 +79,18 @@ def test_cli_writes_the_documented_json(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_lambda_option_replaces_a_family_grid(tmp_path, capsys):
+    out = tmp_path / "one-lambda.json"
+    assert main(["--model", "cnn", "--methods", "kfac,kfac_online", "--tasks", "toy-a,toy-b", "--profile", "test",
+                 "--lambda", "kfac=3.5", "--out", str(out), "--no-progress"]) == 0
+    res = read_results(out)
+    assert {m["lambda"] for m in res["methods"].values()} == {3.5}  # online variants share the family grid
+    assert len(res["methods"]["kfac"]["lambda_sweep"]) == 1
+    for bad, msg in (("kfc=1", "FAMILY ewc or kfac"), ("kfac=big", "must be numbers"), ("kfac=-1", "positive")):
+        assert main(["--tasks", "toy-a", "--profile", "test", "--lambda", bad, "--out", str(out)]) == 2
+        assert msg in capsys.readouterr().err
+
+
 def test_bert_linker_runs_through_the_harness_too(tmp_path):
     out = tmp_path / "bert.json"
     assert main(["--model", "bert", "--methods", "finetune,kfac_online,joint", "--tasks",

@@ -96,6 +96,16 @@ def test_pretrained_minilm_links_a_name_to_its_own_row():
     assert logits.argmax(1).tolist() == list(range(len(INV)))
 
 
+def test_default_checkpoint_can_point_at_a_copied_folder(tmp_path, monkeypatch):
+    from kfac_tutorial.linkers import default_checkpoint
+
+    packaged = default_checkpoint()
+    monkeypatch.setenv("KFAC_BERT_CHECKPOINT", str(tmp_path / "minilm"))
+    assert default_checkpoint() == str(tmp_path / "minilm") != packaged
+    with pytest.raises(OSError):  # an empty folder is not a checkpoint: said by transformers
+        bert_linker(INV)
+
+
 def test_bi_encoder_scores_against_the_current_task_inventory():
     linker = cnn_linker(INV, seed=0, setting="per_task")
     assert isinstance(linker, BiEncoderLinker)

@@ -10,7 +10,9 @@ preferred name is what the linker ranks against. Sources and licences: see
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -110,8 +112,43 @@ def cache_path(
     return _cache.cache_dir() / "tasks" / f"{name}-{key['source_version']}-{digest}.json"
 
 
+def _cached_without_source(name: str, missing: str, **args: Any) -> dict[str, Any]:
+    """The cached split of ``name`` for ``args`` when its source package is absent.
+
+    A cache folder copied to a machine without the vocabulary packages (a GPU node, a
+    container) still serves the splits built where they were installed: the match is on
+    every key field except the source version, which the warning names.
+    """
+    want = {"task": name, "split_version": SPLIT_VERSION, **args}
+    folder = _cache.cache_dir() / "tasks"
+    found = []
+    for path in sorted(folder.glob(f"{name}-*.json")):
+        try:
+            data = _cache.read_json(path)
+        except (OSError, ValueError):
+            continue
+        key = dict(data.get("key") or {})
+        version = key.pop("source_version", None)
+        if key == want:
+            found.append((path.stat().st_mtime, str(version), path, data))
+    if not found:
+        raise ModuleNotFoundError(
+            f"task {name!r} needs the package {missing!r} (pip install {missing}), or a "
+            f"cached split built where it is installed, copied to {folder} "
+            f"(none there matches seed/fractions {args})")
+    _, version, path, data = max(found, key=lambda f: f[0])
+    warnings.warn(f"{missing} is not installed: task {name!r} uses the cached split built "
+                  f"from {name} {version} ({path.name})", stacklevel=3)
+    return data
+
+
 def _built(name: str, *, use_cache: bool, **args: Any) -> dict[str, Any]:
-    key = _cache_key(name, **args)
+    try:
+        key = _cache_key(name, **args)
+    except importlib.metadata.PackageNotFoundError as err:
+        if not use_cache:
+            raise
+        return _cached_without_source(name, str(err.name or err), **args)
     text = json.dumps(key, sort_keys=True)
     if text in _MEMO:
         return _MEMO[text]

