@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import kfac_tutorial as kt
+from kfac_tutorial.experiments import time_penalty_steps
 
 from . import workloads as _workloads
 from .measure import measure as _measure
@@ -151,29 +151,16 @@ def training_step(repeats, examples, name="minilm"):
         errors_r = {k: abs(float(variants[k].penalty(model)) - ref_r) / ref_r for k in errors}
         for n, p in model.named_parameters():
             p.copy_(saved[n])
-    opt = torch.optim.SGD(params, lr=0.0)  # timing only: keep the weights
-    steps = {k: _step_fn(model, opt, x, y, v) for k, v in variants.items()}
-    times = defaultdict(list)
-    for k, s in steps.items():
-        s()  # warm-up
-    for _ in range(repeats):  # interleaved, so that load on the machine hits all alike
-        for k, s in steps.items():
-            _sync()
-            t0 = time.perf_counter()
-            s()
-            _sync()
-            times[k].append(time.perf_counter() - t0)
+    timed = time_penalty_steps(model, x, y, variants, repeats)  # interleaved, SGD with lr 0
     model.eval()
-    plain_med, plain_min = statistics.median(times["plain"]), min(times["plain"])
     rows = []
-    for k, v in times.items():
+    for k, t in timed.items():
         st = variants[k]
-        row = {"variant": k, "median_s": statistics.median(v), "min_s": min(v), "runs_s": v,
-               "over_plain": statistics.median(v) / plain_med, "over_plain_min": min(v) / plain_min,
+        row = {"variant": k, "median_s": t["median_s"], "min_s": t["min_s"], "over_plain": t["over_plain"],
                "state_bytes": st.memory_bytes() if st is not None else 0,
                "penalty_rel_error_after_training_steps": errors.get(k), "penalty_rel_error_random_step": errors_r.get(k)}
         rows.append(row)
-        print(f"step {k:<26} median {row['median_s']:.3f}s ({row['over_plain']:.2f}x)  min {row['min_s']:.3f}s ({row['over_plain_min']:.2f}x)"
+        print(f"step {k:<26} median {row['median_s']:.3f}s ({row['over_plain']:.2f}x)  min {row['min_s']:.3f}s"
               f"  state {row['state_bytes']/2**20:.1f} MiB  err {row['penalty_rel_error_after_training_steps']}", flush=True)
     pbytes = sum(p.numel() * p.element_size() for p in params)
     for row in rows:
@@ -324,7 +311,8 @@ def main(argv=None):
         n_fisher = args.step_examples or (64 if args.quick else 256)
         steps = {name: training_step(max(repeats, 5) if not args.quick else 3, n_fisher, name)
                  for name in args.step_workloads.split(",")}
-        result["step"] = steps.pop("minilm", None) or result.get("step")
+        if "minilm" in steps:
+            result["step"] = steps.pop("minilm")
         for name, entry in steps.items():
             result[f"step_{name}"] = entry
         out_path.write_text(json.dumps(result, indent=1))

@@ -44,7 +44,7 @@ def plot_benchmarks(results: dict, path=None):
     ax.set_title("Curvature estimation (MC, 1 sample)")
     ax.legend(fontsize=7)
     ax = axes[1]
-    rows = results.get("step", {}).get("rows", [])
+    rows = (results.get("step") or {}).get("rows", [])
     ax.bar([r["variant"].replace(" low-rank ", "\nlow-rank ") for r in rows], [r["over_plain"] for r in rows], color="C2")
     ax.axhline(1.3, color="r", ls="--", lw=0.8, label="target KFAC 1.3×")
     ax.set_ylabel("step time / plain step (median)")

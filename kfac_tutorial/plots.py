@@ -21,8 +21,8 @@ from . import metrics
 
 __all__ = [
     "METHOD_COLORS", "METHOD_LABELS", "accuracy_heatmaps", "accuracy_over_time",
-    "accuracy_by_mention", "forgetting_bars", "lambda_curves", "lambda_tradeoff", "memory_bars", "set_style",
-    "training_curve", "variant_bars",
+    "accuracy_by_mention", "forgetting_bars", "growth_panels", "lambda_curves", "lambda_tradeoff", "memory_bars",
+    "ratio_bars", "set_style", "training_curve", "variant_bars",
 ]
 
 METHOD_LABELS = {
@@ -343,4 +343,72 @@ def variant_bars(table, methods: Sequence[str] | None = None,
     axes[0][0].set_ylabel("value (test)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
+    return fig
+
+
+def ratio_bars(table, label: str, value: str, group: str, *, targets: Sequence[float] = (1.0,),
+               title: str = "", xlabel: str = "", log: bool = True):
+    """Horizontal bars of a cost ratio (``value``) per row label (``label``), one colour
+    per ``group`` (e.g. the machine), with vertical reference lines at ``targets``
+    (first: solid, the others dashed). Rows whose value is missing (a library that
+    failed) are drawn as an ✗ at the left edge."""
+    set_style()
+    labels = list(dict.fromkeys(table[label]))
+    groups = list(dict.fromkeys(table[group]))
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(labels) * max(1, len(groups)) / 1.6 + 1.6), constrained_layout=True)
+    width = 0.8 / len(groups)
+    for j, g in enumerate(groups):
+        part = table[table[group] == g].set_index(label)
+        for i, lab in enumerate(labels):
+            y = i + (j - (len(groups) - 1) / 2) * width
+            v = part[value].get(lab, np.nan) if lab in part.index else np.nan
+            v = float(v.iloc[0]) if hasattr(v, "iloc") else float(v)
+            if np.isfinite(v):
+                ax.barh(y, v, width, color=_PALETTE[j], label=g if i == 0 or g not in ax.get_legend_handles_labels()[1] else None)
+                ax.text(v, y, f" {v:.2f}×", va="center", fontsize=7)
+            elif lab in part.index:
+                ax.text(0.02, y, "✗ failed", va="center", fontsize=7, color=_PALETTE[j], transform=ax.get_yaxis_transform())
+    for k, t in enumerate(targets):
+        ax.axvline(t, color="k" if k == 0 else "r", lw=0.8, ls="-" if k == 0 else "--")
+    if log:
+        ax.set_xscale("log")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    handles, names = ax.get_legend_handles_labels()
+    uniq = dict(zip(names, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower right")
+    return fig
+
+
+def growth_panels(length: dict, vocabulary: dict, tasks: dict):
+    """How the curvature's cost grows, one line per machine (the dict keys): KFAC fit over
+    a plain forward+backward against sequence length, KFAC state bytes over parameter
+    bytes against vocabulary size, and the state of a per-task sum against the online
+    merge as tasks accumulate. Values: tables of ``benchmark_tables``."""
+    set_style()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for j, (machine, t) in enumerate(length.items()):
+        if not t.empty:
+            axes[0].plot(t["length"], t["fit_over_plain"], "o-", color=_PALETTE[j], label=machine)
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].set(xscale="log", xlabel="sequence length (word pieces)", ylabel="KFAC fit / plain fwd+bwd",
+                title="Estimation vs sequence length")
+    axes[0].set_xticks([16, 32, 64, 128], ["16", "32", "64", "128"])
+    for j, (machine, t) in enumerate(vocabulary.items()):
+        if not t.empty:
+            axes[1].plot(t["vocab"] / 1000, t["state_over_parameters"], "s-", color=_PALETTE[j], label=machine)
+    axes[1].set(xscale="log", xlabel="vocabulary size (thousands of word pieces)",
+                ylabel="KFAC state / parameter bytes", title="Memory vs vocabulary")
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    for j, (machine, t) in enumerate(tasks.items()):
+        if not t.empty:
+            axes[2].plot(t["tasks"], t["sum_state_bytes"] / 2**20, "^-", color=_PALETTE[j], label=f"{machine}: per-task sum")
+            axes[2].plot(t["tasks"], t["online_state_bytes"] / 2**20, "v--", color=_PALETTE[j], label=f"{machine}: online")
+            break  # bytes do not depend on the machine
+    axes[2].set(xlabel="tasks consolidated", ylabel="KFAC state (MiB)", title="Memory vs number of tasks")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle("How the curvature's cost grows (BERT-base-sized, 2 layers; tasks: MiniLM linker)")
     return fig

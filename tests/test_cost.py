@@ -74,3 +74,52 @@ def test_count_work_matches_what_a_run_trains_and_scores(monkeypatch):
     assert seen["train"] == work["train_examples"]
     assert seen["fisher"] == work["fisher_forward"]
     assert seen["eval"] == work["eval_examples"]
+
+
+def _tiny_model_and_batches():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+    batches = [(torch.randn(5, 6), torch.randint(0, 4, (5,))) for _ in range(3)]
+    return model, batches
+
+
+def test_plain_fwd_bwd_is_seeded_and_returns_the_sampled_label_gradient():
+    import torch
+    import torch.nn.functional as F
+
+    from kfac_tutorial.experiments import plain_fwd_bwd
+
+    model, batches = _tiny_model_and_batches()
+    a, b = plain_fwd_bwd(model, batches, seed=3)(), plain_fwd_bwd(model, batches, seed=3)()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    gen = torch.Generator().manual_seed(3)  # the same draws, by hand, for the last batch
+    for x, _ in batches:
+        logits = model(x)
+        y = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=gen).squeeze(1)
+    ref = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), list(model.parameters()))
+    assert all(torch.allclose(g, r) for g, r in zip(a, ref))
+
+
+def test_time_curvature_and_penalty_steps_report_every_variant_and_keep_the_weights():
+    import torch
+
+    import kfac_tutorial as kt
+    from kfac_tutorial.experiments import time_curvature, time_penalty_steps
+
+    model, batches = _tiny_model_and_batches()
+    model.train()
+    costs = time_curvature(model, batches, repeats=2)
+    assert set(costs) == {"plain fwd+bwd", "KFAC fit", "EWC fit"}
+    assert costs["plain fwd+bwd"]["over_plain_fwd+bwd"] == 1.0
+    assert all(c["median_s"] > 0 and c["min_s"] <= c["median_s"] for c in costs.values())
+    assert model.training  # mode restored
+    kfac = kt.KFAC.fit(model, batches, progress=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    steps = time_penalty_steps(model, *batches[0], {"plain": None, "KFAC": kfac}, repeats=2)
+    assert set(steps) == {"plain", "KFAC"} and steps["plain"]["over_plain"] == 1.0
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # lr 0: timing only
+    with pytest.raises(ValueError, match="'plain'"):
+        time_penalty_steps(model, *batches[0], {"KFAC": kfac})

@@ -14,13 +14,14 @@ from .harness import (
 )
 from .ablations import compare_variants, summary_rows
 from .cache import cache_key, run_or_load
-from .cost import count_work, estimate_breakdown, estimate_seconds, measure_rates
+from .cost import (count_work, estimate_breakdown, estimate_seconds, measure_rates, plain_fwd_bwd,
+                   time_curvature, time_penalty_steps)
 from .profiles import PROFILE_NAMES, Profile, get_profile
-from .results import methods_table, read_results, sweep_table, write_json_atomic
+from .results import benchmark_tables, methods_table, read_recorded, read_results, sweep_table, write_json_atomic
 from .toy import Task, toy_task
 
 __all__ = [
-    "METHODS", "MODELS", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "build_linker", "cache_key", "compare_variants", "count_work", "estimate_breakdown", "estimate_seconds",
-    "get_profile", "load_tasks", "measure_rates", "methods_table", "prepare_task", "read_results", "run_experiment",
-    "run_or_load", "summary_rows", "sweep_table", "toy_task", "validate", "write_json_atomic",
+    "METHODS", "MODELS", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "benchmark_tables", "build_linker", "cache_key", "compare_variants", "count_work", "estimate_breakdown", "estimate_seconds",
+    "get_profile", "load_tasks", "measure_rates", "methods_table", "plain_fwd_bwd", "prepare_task", "read_recorded", "read_results", "run_experiment",
+    "run_or_load", "summary_rows", "sweep_table", "time_curvature", "time_penalty_steps", "toy_task", "validate", "write_json_atomic",
 ]

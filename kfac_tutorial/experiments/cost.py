@@ -17,19 +17,29 @@ linker on this machine; :func:`estimate_seconds` (and :func:`estimate_breakdown`
 start-up (loading data and models) and assumes the per-example cost does not change
 with the number of concepts (it grows slowly with it: the concept table is a matrix
 product), so it is a lower bound that chapter 10 checks against measured runs.
+
+What the curvature itself costs, measured side by side on one model and one set of
+batches (chapter 11; the peer comparison lives in ``benchmarks/``):
+:func:`time_curvature` (estimation against one plain forward+backward, the floor of a
+one-sample MC Fisher) and :func:`time_penalty_steps` (a training step with a
+consolidation penalty against a plain step).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .harness import _FAMILY, build_linker, load_tasks, prepare_task
 from .profiles import Profile
 
-__all__ = ["count_work", "estimate_breakdown", "estimate_seconds", "measure_rates"]
+__all__ = ["count_work", "estimate_breakdown", "estimate_seconds", "measure_rates",
+           "plain_fwd_bwd", "time_curvature", "time_penalty_steps"]
 
 
 def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile) -> dict:
@@ -121,3 +131,94 @@ def estimate_seconds(work: dict, rates: dict) -> float:
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+# -- what the curvature costs ------------------------------------------------------------
+def plain_fwd_bwd(model: nn.Module, batches: Sequence, seed: int = 0) -> Callable[[], list]:
+    """A function doing, per batch ``(inputs, targets)``, one forward pass and one
+    backward pass to every trainable parameter with labels sampled from the model: the
+    work a one-sample MC Fisher cannot avoid (the "1×" of :func:`time_curvature`)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def run() -> list:
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = []
+        for x, _ in batches:
+            logits = model(x)
+            y = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=gen).squeeze(1)
+            grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), params)
+        return grads
+    return run
+
+
+def _timed(fns: Mapping[str, Callable], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function: one warm-up each, then ``repeats`` rounds,
+    interleaved so that a change of load on the machine hits every function alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
+    ref = statistics.median(times[base])
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "over_" + base.replace(" ", "_"): statistics.median(v) / ref}
+            for k, v in times.items()}
+
+
+def time_curvature(model: nn.Module, batches: Sequence, *, weight_sharing: str = "reduce",
+                   diagonal_modules: Sequence[str] = (), repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Median and minimum seconds of a plain forward+backward (:func:`plain_fwd_bwd`), a
+    KFAC fit and an EWC fit (MC Fisher, one sample) over the same ``batches``, and each
+    median over the plain pass's (``over_plain_fwd+bwd``)."""
+    from ..consolidation import EWC, KFAC
+
+    was_training = model.training
+    model.eval()
+    fns = {
+        "plain fwd+bwd": plain_fwd_bwd(model, batches),
+        "KFAC fit": lambda: KFAC.fit(model, batches, fisher="mc", mc_samples=1, weight_sharing=weight_sharing,
+                                     diagonal_modules=tuple(diagonal_modules), progress=False),
+        "EWC fit": lambda: EWC.fit(model, batches, fisher="mc", mc_samples=1, progress=False),
+    }
+    try:
+        return _summary(_timed(fns, repeats), "plain fwd+bwd")
+    finally:
+        model.train(was_training)
+
+
+def time_penalty_steps(model: nn.Module, inputs, targets: torch.Tensor,
+                       states: Mapping[str, Optional[object]], repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Seconds of one training step (forward, cross-entropy ``+ state.penalty(model)``,
+    backward, optimiser step) on one batch, per consolidation state (``None``: the plain
+    step, which must be present under the key ``"plain"``). The optimiser is SGD with
+    learning rate 0, so the weights (and every step's work) stay the same."""
+    if "plain" not in states:
+        raise ValueError("states needs a 'plain' entry (None) as the reference step")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)
+
+    def step_fn(state):
+        def step():
+            loss = F.cross_entropy(model(inputs), targets)
+            if state is not None:
+                loss = loss + state.penalty(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    was_training = model.training
+    model.train()
+    try:
+        return _summary(_timed({k: step_fn(v) for k, v in states.items()}, repeats), "plain")
+    finally:
+        model.train(was_training)

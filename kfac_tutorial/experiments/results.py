@@ -1,5 +1,8 @@
 """Results files: written atomically (a crash never leaves half a JSON file); the
-book's tables of a results dict (:func:`methods_table`, :func:`sweep_table`)."""
+book's tables of a results dict (:func:`methods_table`, :func:`sweep_table`); results
+recorded in the repository (benchmarks, the GPU run) read by path or, where the
+package was installed without the repository (Colab), from GitHub
+(:func:`read_recorded`), and the benchmark JSON as tables (:func:`benchmark_tables`)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["methods_table", "read_results", "sweep_table", "write_json_atomic"]
+__all__ = ["REPOSITORY_RAW", "benchmark_tables", "methods_table", "read_recorded", "read_results", "sweep_table",
+           "write_json_atomic"]
+
+#: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand.
+REPOSITORY_RAW = "https://raw.githubusercontent.com/kfac-tutorial/kfac-tutorial/main"
 
 
 def _finite(obj):
@@ -96,3 +103,78 @@ def sweep_table(results: dict):
                 "test plasticity": s.get("test_plasticity"),
             })
     return pd.DataFrame(rows).set_index(["method", "λ"]) if rows else pd.DataFrame()
+
+
+def read_recorded(relpath: str, root: str | os.PathLike | None = None, *, download: bool = True) -> dict:
+    """A JSON file recorded in the repository (e.g. ``benchmarks/results/cpu_idle.json``).
+
+    Looked up under ``root`` (default: the checkout holding this package, then the
+    current folder and its parents); when absent (the package installed from GitHub,
+    as on Colab) and ``download`` is true, fetched from :data:`REPOSITORY_RAW`.
+    Raises ``FileNotFoundError`` naming every place tried.
+    """
+    tried = []
+    if root is not None:
+        roots = [Path(root)]
+    else:
+        here = Path.cwd().resolve()
+        roots = list(dict.fromkeys([Path(__file__).resolve().parents[2], here, *here.parents]))
+    for r in roots:
+        path = r / relpath
+        tried.append(str(path))
+        if path.is_file():
+            return json.loads(path.read_text())
+    if download and root is None:
+        from urllib.request import urlopen
+
+        url = f"{REPOSITORY_RAW}/{relpath}"
+        tried.append(url)
+        try:
+            with urlopen(url, timeout=30) as response:
+                return json.loads(response.read().decode())
+        except OSError as err:
+            raise FileNotFoundError(f"recorded file {relpath!r} not found; tried {tried} ({err})") from err
+    raise FileNotFoundError(f"recorded file {relpath!r} not found; tried {tried}")
+
+
+def benchmark_tables(results: dict) -> dict:
+    """The benchmark JSON of ``python -m benchmarks`` as pandas tables:
+
+    ``estimation`` (workload, variant, method, seconds, × plain forward+backward, peak
+    MiB, error), ``step`` (one row per workload and penalty variant: seconds, × plain
+    step, state bytes × parameter bytes, relative penalty error), ``state`` (workload,
+    storage, layer kind, × parameter bytes) and ``growth_length``, ``growth_vocabulary``,
+    ``growth_tasks``; a section the file lacks gives an empty table."""
+    import pandas as pd
+
+    est = [{"workload": r["workload"], "variant": r["variant"], "method": r["method"], "ok": r["ok"],
+            "seconds": r.get("median_s"), "x plain fwd+bwd": r.get("over_plain_fwd_bwd"),
+            "peak MiB": r.get("peak_mib"), "error": r.get("error", "")}
+           for r in results.get("estimation", []) if r.get("method") != "_notes"]
+    steps = []
+    for key in [k for k in results if k == "step" or k.startswith("step_")]:
+        entry = results[key]
+        if not entry:
+            continue
+        for r in entry["rows"]:
+            steps.append({"workload": entry["workload"], "fisher examples": entry["fisher_examples"],
+                          "batch": entry["batch_size"], "variant": r["variant"], "seconds": r["median_s"],
+                          "x plain step": r["over_plain"],
+                          "state x params": r.get("state_over_parameters",
+                                                  r["state_bytes"] / entry["parameter_bytes"] if "parameter_bytes" in entry else None),
+                          "penalty rel. error": r.get("penalty_rel_error_after_training_steps")})
+    state = []
+    for workload, entry in results.get("state", {}).items():
+        for storage in ("full", "low_rank_tol=0.0", "low_rank_tol=0.01"):
+            e = entry.get(storage)
+            if not e:
+                continue
+            row = {"workload": workload, "storage": storage, "fisher examples": entry.get("fisher_examples"),
+                   "in memory x params": e["state_over_parameters"], "file x params": e["file_curvature_over_parameters"]}
+            row.update({f"{kind} x params": v["ratio"] for kind, v in e["by_kind"].items()})
+            state.append(row)
+    growth = results.get("growth", {})
+    return {"estimation": pd.DataFrame(est), "step": pd.DataFrame(steps), "state": pd.DataFrame(state),
+            "growth_length": pd.DataFrame(growth.get("sequence_length", [])),
+            "growth_vocabulary": pd.DataFrame(growth.get("vocabulary", [])),
+            "growth_tasks": pd.DataFrame(growth.get("tasks", []))}
