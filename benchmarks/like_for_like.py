@@ -5,7 +5,8 @@ interleaved repeats (load on a shared machine hits all alike).
 
     /tmp/peervenv/bin/python -m benchmarks.like_for_like [examples] [repeats] [out.json]
 
-``BENCH_THREADS=1`` sets torch's thread count (default: torch's own).
+``BENCH_THREADS=1`` sets torch's thread count (default: torch's own);
+``BENCH_WORKLOAD=bert-base`` times the BERT-base-sized model instead (batches of 16).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def main(examples: int = 32, repeats: int = 2, out: str | None = None) -> dict:
 
     if os.environ.get("BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-    w = workload("minilm", examples=examples)
+    name = os.environ.get("BENCH_WORKLOAD", "minilm")
+    w = workload(name, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
     res = {"threads": torch.get_num_threads(), "workload": w.name, "variant": "linear", "examples": examples, "versions": versions(), "runs_s": {}}
     with only_linear(w.model, True):
         fns = {"plain fwd+bwd": plain_fwd_bwd(w, "linear"), "ours KFAC": ours_kfac(w, "linear"),

@@ -2,6 +2,7 @@
 
 import importlib
 
+import pytest
 import torch
 from torch import nn
 
@@ -54,3 +55,14 @@ def test_fused_squared_sum_equals_squared_per_example_gradients():
             ref[n] += (probs[:, c].reshape(-1, *[1] * (g[n].dim() - 1)) * g[n] ** 2).sum(0)
     for n in ref:
         torch.testing.assert_close(ewc.diagonal[n], ref[n] / x.shape[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [5, 300, 1024, 1280, 1537])
+def test_symmetrized_factor_equals_the_plain_expression_bit_for_bit(d):
+    import sys
+
+    estimate_module = sys.modules["kfac_tutorial.curvature.estimate"]
+    m = torch.randn(d, d, generator=torch.Generator().manual_seed(d))
+    out = estimate_module._symmetrized(m.clone(), 0.25)
+    assert torch.equal(out, (m + m.T) * 0.25)
+    assert torch.equal(out, out.T)
