@@ -375,10 +375,12 @@ def ratio_bars(table, label: str, value: str, group: str, *, targets: Sequence[f
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.set_title(title)
+    ax.set_title(title, pad=28)
     handles, names = ax.get_legend_handles_labels()
     uniq = dict(zip(names, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower right")
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=len(uniq),
+              frameon=False)
+    ax.margins(x=0.12)
     return fig
 
 
@@ -393,8 +395,10 @@ def growth_panels(length: dict, vocabulary: dict, tasks: dict):
         if not t.empty:
             axes[0].plot(t["length"], t["fit_over_plain"], "o-", color=_PALETTE[j], label=machine)
     axes[0].axhline(1.0, color="k", lw=0.8)
-    axes[0].set(xscale="log", xlabel="sequence length (word pieces)", ylabel="KFAC fit / plain fwd+bwd",
+    axes[0].set(xlabel="sequence length (word pieces)", ylabel="KFAC fit / plain fwd+bwd",
                 title="Estimation vs sequence length")
+    axes[0].set_xscale("log", base=2)
+    axes[0].minorticks_off()
     axes[0].set_xticks([16, 32, 64, 128], ["16", "32", "64", "128"])
     for j, (machine, t) in enumerate(vocabulary.items()):
         if not t.empty:

@@ -18,7 +18,7 @@ Choices common to every profile, measured on the ``ci`` tasks (dev splits):
 ``ci``: small enough that the full BERT comparison (finetune, ewc, kfac over three
 tasks, λ swept on dev) runs in minutes on 2 CPU cores; ``cpu``: the book's offline
 profile (every experimental chapter runs it in CI, so the whole book must execute in
-well under an hour on 2 cores: a little larger than ``ci``, with finer λ grids); ``full``: a GPU run with every concept of the vocabularies the data
+well under an hour on 2 cores: a little larger than ``ci``, with finer λ grids); ``full``: a GPU run with every concept that has a test mention (``require_test``) and every training mention, of the vocabularies the data
 module gives; ``test``: tiny, for the test suite (toy tasks, a 1-layer random BERT).
 """
 
