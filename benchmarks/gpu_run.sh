@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine prepared by benchmarks/gpu_carry.sh (carry .gpu): the benchmarks on
 # CUDA (BERT-base-sized and MiniLM estimation, training steps, growth) and the full-scale
-# BERT experiment (every concept of diseases → drugs → phenotypes) with one λ per method,
+# BERT experiment (every concept with a test mention, diseases → drugs → phenotypes) with one λ per method,
 # each under a time limit; everything lands in $OUT (JSON, logs).
 #   BENCH_SECONDS, GROWTH_SECONDS, FULL_SECONDS: the limits (defaults 170, 60, 330);
 #   BENCH_DEVICE (default cuda; cpu for a dry run).
