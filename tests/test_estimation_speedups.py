@@ -63,6 +63,6 @@ def test_symmetrized_factor_equals_the_plain_expression_bit_for_bit(d):
 
     estimate_module = sys.modules["kfac_tutorial.curvature.estimate"]
     m = torch.randn(d, d, generator=torch.Generator().manual_seed(d))
-    out = estimate_module._symmetrized(m.clone(), 0.25)
+    out = estimate_module._symmetrized(m.clone(), 0.25)  # in place on the copy
     assert torch.equal(out, (m + m.T) * 0.25)
     assert torch.equal(out, out.T)
