@@ -26,10 +26,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import kfac_tutorial as kt
-from kfac_tutorial.experiments import time_penalty_steps
+from kfac_tutorial.experiments.cost import penalised_step, time_penalty_steps
 
 from . import workloads as _workloads
 from .measure import measure as _measure
@@ -41,11 +40,6 @@ HERE = Path(__file__).resolve().parent
 
 def measure(fn, repeats):
     return _measure(fn, repeats, _workloads.DEVICE)
-
-
-def _sync():
-    if _workloads.DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def machine() -> str:
@@ -104,17 +98,6 @@ def _fmt_est(r):
 
 
 # -- 2. training step -------------------------------------------------------------------
-def _step_fn(model, opt, x, y, pen):
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        if pen is not None:
-            loss = loss + pen.penalty(model)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
-
-
 def training_step(repeats, examples, name="minilm"):
     w = workload(name, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
     model = w.model
@@ -134,7 +117,7 @@ def training_step(repeats, examples, name="minilm"):
     # move away from the anchor first (random targets: a stand-in for a new task)
     for _ in range(5):
         y = torch.randint(0, w.num_classes, (len(w.batches[0][1]),), generator=g).to(w.device)
-        _step_fn(model, opt, x, y, None)()
+        penalised_step(model, opt, x, y)
     y = w.batches[0][1]
     errors = {}
     with torch.no_grad():

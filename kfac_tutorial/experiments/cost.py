@@ -39,7 +39,7 @@ from .harness import _FAMILY, build_linker, load_tasks, prepare_task
 from .profiles import Profile
 
 __all__ = ["count_work", "estimate_breakdown", "estimate_seconds", "measure_rates",
-           "plain_fwd_bwd", "time_curvature", "time_penalty_steps"]
+           "penalised_step", "plain_fwd_bwd", "time_curvature", "time_penalty_steps"]
 
 
 def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile) -> dict:
@@ -195,6 +195,18 @@ def time_curvature(model: nn.Module, batches: Sequence, *, weight_sharing: str =
         model.train(was_training)
 
 
+def penalised_step(model: nn.Module, opt: torch.optim.Optimizer, inputs, targets: torch.Tensor,
+                   state: Optional[object] = None) -> None:
+    """One optimiser step on ``cross_entropy(model(inputs), targets) + state.penalty(model)``
+    (no penalty when ``state`` is ``None``)."""
+    loss = F.cross_entropy(model(inputs), targets)
+    if state is not None:
+        loss = loss + state.penalty(model)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def time_penalty_steps(model: nn.Module, inputs, targets: torch.Tensor,
                        states: Mapping[str, Optional[object]], repeats: int = 5) -> dict[str, dict[str, float]]:
     """Seconds of one training step (forward, cross-entropy ``+ state.penalty(model)``,
@@ -206,19 +218,10 @@ def time_penalty_steps(model: nn.Module, inputs, targets: torch.Tensor,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0)
 
-    def step_fn(state):
-        def step():
-            loss = F.cross_entropy(model(inputs), targets)
-            if state is not None:
-                loss = loss + state.penalty(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
-
     was_training = model.training
     model.train()
     try:
-        return _summary(_timed({k: step_fn(v) for k, v in states.items()}, repeats), "plain")
+        steps = {k: (lambda state=state: penalised_step(model, opt, inputs, targets, state)) for k, state in states.items()}
+        return _summary(_timed(steps, repeats), "plain")
     finally:
         model.train(was_training)
