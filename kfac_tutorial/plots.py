@@ -361,12 +361,12 @@ def ratio_bars(table, label: str, value: str, group: str, *, targets: Sequence[f
         part = table[table[group] == g].set_index(label)
         for i, lab in enumerate(labels):
             y = i + (j - (len(groups) - 1) / 2) * width
-            v = part[value].get(lab, np.nan) if lab in part.index else np.nan
-            v = float(v.iloc[0]) if hasattr(v, "iloc") else float(v)
+            cell = part[value].loc[[lab]] if lab in part.index else None  # None: no row for this group
+            v = float(cell.iloc[0]) if cell is not None else np.nan
             if np.isfinite(v):
-                ax.barh(y, v, width, color=_PALETTE[j], label=g if i == 0 or g not in ax.get_legend_handles_labels()[1] else None)
+                ax.barh(y, v, width, color=_PALETTE[j], label=g)  # one legend entry per group: deduplicated below
                 ax.text(v, y, f" {v:.2f}×", va="center", fontsize=7)
-            elif lab in part.index:
+            elif cell is not None:
                 ax.text(0.02, y, "✗ failed", va="center", fontsize=7, color=_PALETTE[j], transform=ax.get_yaxis_transform())
     for k, t in enumerate(targets):
         ax.axvline(t, color="k" if k == 0 else "r", lw=0.8, ls="-" if k == 0 else "--")
@@ -375,11 +375,10 @@ def ratio_bars(table, label: str, value: str, group: str, *, targets: Sequence[f
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.set_title(title, pad=28)
+    ax.set_title(title)
     handles, names = ax.get_legend_handles_labels()
     uniq = dict(zip(names, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=len(uniq),
-              frameon=False)
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper right")
     ax.margins(x=0.12)
     return fig
 
