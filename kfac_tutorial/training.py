@@ -18,7 +18,7 @@ from .linkers.concept_table import MASKED_LOGIT
 from .metrics import accuracy_at_k
 
 __all__ = [
-    "LinkingBatches", "NonFiniteLossError", "evaluate", "linking_batches", "predict", "train",
+    "LinkingBatches", "NonFiniteLossError", "evaluate", "evaluate_hits", "linking_batches", "predict", "train",
 ]
 
 
@@ -164,19 +164,29 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Accuracy@k of ``model`` on ``batches`` (eval mode; training mode restored)."""
+def evaluate_hits(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
+    """Per-example hits: ``{k: (N,) bool tensor}``, True where the target is among the
+    top ``k`` logits (ties broken against the target, as :func:`accuracy_at_k`), in the
+    order of ``batches`` (eval mode; training mode restored)."""
     was_training = model.training
     model.eval()
-    hits = {k: 0.0 for k in ks}
-    n = 0
+    out: dict[int, list] = {k: [] for k in ks}
     for inputs, targets in batches:
         logits = model(inputs)
-        for k, acc in accuracy_at_k(logits, targets, ks).items():
-            hits[k] += acc * len(targets)
-        n += len(targets)
+        target_logit = logits.gather(1, targets[:, None])
+        rank = (logits > target_logit).sum(1) + (logits == target_logit).sum(1) - 1
+        for k in ks:
+            out[k].append((rank < k).cpu())
     model.train(was_training)
-    return {f"acc@{k}": (hits[k] / n if n else float("nan")) for k in ks}
+    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in out.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Accuracy@k of ``model`` on ``batches`` (eval mode; training mode restored)."""
+    hits = evaluate_hits(model, batches, ks)
+    return {f"acc@{k}": (float(h.float().mean()) if h.numel() else float("nan"))
+            for k, h in hits.items()}
 
 
 @torch.no_grad()

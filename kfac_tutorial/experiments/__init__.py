@@ -9,9 +9,11 @@ Command line: ``python -m kfac_tutorial.experiments --help``.
 """
 
 from .harness import (
-    METHODS, MODELS, SETTINGS, build_linker, load_tasks, prepare_task, run_experiment,
-    validate,
+    METHODS, MODELS, SETTINGS, build_linker, load_tasks, next_lambda, prepare_task,
+    run_experiment, validate,
 )
+from .methods import METHOD_SPECS, L2Anchor, MethodSpec, frozen_encoder, method_spec
+from .seeds import combine_seeds, run_seeds
 from .ablations import compare_variants, summary_rows
 from .cache import cache_key, run_or_load
 from .cost import (count_work, estimate_breakdown, estimate_seconds, measure_rates, plain_fwd_bwd,
@@ -21,7 +23,7 @@ from .results import benchmark_tables, methods_table, read_recorded, read_result
 from .toy import Task, toy_task
 
 __all__ = [
-    "METHODS", "MODELS", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "benchmark_tables", "build_linker", "cache_key", "compare_variants", "count_work", "estimate_breakdown", "estimate_seconds",
+    "L2Anchor", "METHOD_SPECS", "METHODS", "MODELS", "MethodSpec", "combine_seeds", "frozen_encoder", "method_spec", "next_lambda", "run_seeds", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "benchmark_tables", "build_linker", "cache_key", "compare_variants", "count_work", "estimate_breakdown", "estimate_seconds",
     "get_profile", "load_tasks", "measure_rates", "methods_table", "plain_fwd_bwd", "prepare_task", "read_recorded", "read_results", "run_experiment",
     "run_or_load", "summary_rows", "sweep_table", "time_curvature", "time_penalty_steps", "toy_task", "validate", "write_json_atomic",
 ]

@@ -1,16 +1,24 @@
 """Command line of the sequential-training experiments.
 
     python -m kfac_tutorial.experiments --model bert --methods finetune,ewc,kfac \\
-        --tasks diseases,drugs,phenotypes --profile ci --seed 0 --out results.json
+        --tasks diseases,drugs,phenotypes --profile ci --seeds 0,1,2 --out results.json
+
+The JSON: the first seed's results plus, per method, ``seeds``/``mean``/``ci95`` and the
+paired-bootstrap ``comparisons`` (:mod:`kfac_tutorial.experiments.seeds`); it records the
+command, the package version and the git commit it ran at.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
-from .harness import METHODS, MODELS, SETTINGS, load_tasks, run_experiment, validate
+from .harness import METHODS, MODELS, SETTINGS, validate
+from .seeds import run_seeds
 from .profiles import PROFILE_NAMES, get_profile
 from .results import write_json_atomic
 from .toy import TOY_TASKS
@@ -34,11 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--setting", choices=SETTINGS, default="growing",
                    help="growing: one concept table over every task (main); "
                         "per_task: bi-encoder against each task's own names (contrast)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, e.g. 0,1,2: the whole comparison once per seed "
+                        "(task subsets, initialisation, batch order), with bootstrap intervals")
+    p.add_argument("--seed", type=int, default=0, help="one seed (ignored with --seeds)")
     p.add_argument("--checkpoint", default=None,
                    help="BERT checkpoint (hub name or path); default: offline MiniLM")
     p.add_argument("--lambda", dest="lambdas", action="append", default=[], metavar="FAMILY=L1,L2",
-                   help="replace the profile's λ grid of a family (ewc or kfac; the online "
+                   help="replace the profile's λ grid of a family (ewc, kfac or l2; the online "
                         "variants use their family's), e.g. --lambda kfac=1e4,1e5; repeatable")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default="results.json")
@@ -69,20 +80,68 @@ def main(argv=None) -> int:
         return 2
     if grids:
         profile = profile.with_overrides(lambdas={**profile.lambdas, **grids})
-    tasks = load_tasks(names, profile, seed=args.seed)
-    results = run_experiment(
-        args.model, tasks, methods, profile, seed=args.seed, setting=args.setting,
-        progress=not args.no_progress, checkpoint=args.checkpoint,
-        on_update=lambda r: write_json_atomic(args.out, r))
-    write_json_atomic(args.out, results)
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    provenance = run_provenance(argv)
+
+    def write(results):
+        write_json_atomic(args.out, {**results, **provenance})
+
+    results = run_seeds(args.model, names, methods, profile, seeds, setting=args.setting,
+                        progress=not args.no_progress, checkpoint=args.checkpoint,
+                        on_update=write)
+    write(results)
     for name, m in results["methods"].items():
-        red = m.get("forgetting_reduction")
-        print(f"{name:12s} λ={m['lambda']:<8g} final={m['final_avg_accuracy']:.3f} "
-              f"forgetting={m['avg_forgetting']:.3f} plasticity={m['plasticity']:.3f}"
-              + (f" reduction={red:.1%}" if red is not None else "")
-              + f" ({m['seconds']:.0f}s)")
+        mean, ci = m.get("mean", {}), m.get("ci95", {})
+        red, red_ci = mean.get("forgetting_reduction"), ci.get("forgetting_reduction", [None, None])
+        lams = ",".join(f"{s['lambda']:g}" for s in m.get("seeds", [m]))
+        print(f"{name:12s} λ={lams:<16s} final={mean.get('final_avg_accuracy', float('nan')):.3f} "
+              f"forgetting={mean.get('avg_forgetting', float('nan')):.3f} "
+              f"plasticity={mean.get('plasticity', float('nan')):.3f}"
+              + (f" reduction={red:.1%} [{red_ci[0]:.1%}, {red_ci[1]:.1%}]"
+                 if red is not None and red_ci[0] is not None else ""))
+    for c in results.get("comparisons", []):
+        if c["metric"] == "forgetting_reduction" and c["ci95"][0] is not None:
+            print(f"{c['a']} − {c['b']}: reduction {c['diff']:+.1%} "
+                  f"[{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}] → {c['verdict']}")
     print(f"wrote {args.out}")
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; a clear error for anything else."""
+    try:
+        seeds = [int(x) for x in _split(text)]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: a seed is listed twice")
+    return seeds
+
+
+def run_provenance(argv=None) -> dict:
+    """The command, the package version and the git commit (when run from a checkout)."""
+    from .. import __version__
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    commit = None
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if commit and dirty:
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"command": "python -m kfac_tutorial.experiments " + shlex.join(args),
+            "kfac_tutorial_version": __version__, "git_commit": commit}
 
 
 def parse_lambda_grids(items: list[str]) -> dict[str, tuple[float, ...]]:
@@ -91,8 +150,8 @@ def parse_lambda_grids(items: list[str]) -> dict[str, tuple[float, ...]]:
     for item in items:
         family, sep, values = item.partition("=")
         family = family.strip()
-        if not sep or family not in ("ewc", "kfac"):
-            raise ValueError(f"--lambda {item!r}: expected FAMILY=L1,L2,... with FAMILY ewc or kfac")
+        if not sep or family not in ("ewc", "kfac", "l2"):
+            raise ValueError(f"--lambda {item!r}: expected FAMILY=L1,L2,... with FAMILY ewc, kfac or l2")
         try:
             grid = tuple(float(v) for v in _split(values))
         except ValueError:

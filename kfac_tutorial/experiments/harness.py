@@ -1,20 +1,20 @@
 """The sequential-training harness: tasks in order, one linker, several methods.
 
-Methods (``METHODS``):
-
-* ``finetune``: plain training on each task in turn (the forgetting baseline);
-* ``ewc`` / ``kfac``: per-task sum of penalties, ``Σ_{j<t} ½ Δθ_jᵀ F̂_j Δθ_j``,
-  each around its own anchor (memory grows with the tasks);
-* ``ewc_online`` / ``kfac_online``: one penalty accumulated online,
-  ``F ← γ F_old + F_new`` around the newest anchor (``old.merge(new, gamma)``);
-* ``joint``: after task t, training on the union of tasks 0..t (replay of everything;
-  the upper reference).
+Methods: :data:`~kfac_tutorial.experiments.methods.METHOD_SPECS` (finetune, ewc, kfac,
+their online variants, the isotropic ``l2`` pull, the ``frozen`` encoder and ``joint``
+training; one :class:`~kfac_tutorial.experiments.methods.MethodSpec` each).
 
 Every method starts from the same model after task 0 (task 0 has no penalty, so its
 training is shared and run once). After each task every task seen so far is scored on
-its test split (acc@1, acc@5) and its dev split; λ of each consolidation method is
-chosen from the profile's grid by the final average **dev** accuracy (ties: the
-smaller λ), never by test. The Fisher is estimated on the task's training mentions
+its test split (acc@1, acc@5, and the per-mention acc@1 hits that the bootstrap of
+:mod:`kfac_tutorial.statistics` resamples) and its dev split; λ of each penalty method is
+chosen by the final average **dev** accuracy (ties: the smaller λ), never by test. The
+profile's grid is extended by factors of 10 on the side of an edge optimum until the
+optimum is interior or ``profile.lambda_extension`` steps beyond the grid
+(:func:`next_lambda`). After the last task every old task is scored once more with its
+concept-table rows restored to their values just after it was learned: the forgetting
+left is the encoder's (``forgetting_encoder``), the rest the table's
+(``forgetting_table``). The Fisher is estimated on the task's training mentions
 (``profile.fisher_examples`` of them), with the same full softmax over every seen
 concept that training uses, in ``eval()`` mode.
 
@@ -43,18 +43,21 @@ import torch
 from .. import metrics
 from ..linkers import ConceptInventory, Linker, bert_linker, cnn_linker
 from ..training import evaluate, linking_batches, train
+from ..statistics import encode_hits
+from ..training import evaluate_hits
+from .methods import METHOD_SPECS, METHODS, L2Anchor, frozen_encoder, method_spec
 from .profiles import Profile
 from .toy import Task, toy_task
 
 __all__ = [
-    "METHODS", "MODELS", "SETTINGS", "build_linker", "load_tasks", "parameter_checksum",
-    "prepare_task", "run_experiment", "validate",
+    "METHODS", "MODELS", "SETTINGS", "build_linker", "load_tasks", "next_lambda",
+    "parameter_checksum", "prepare_task", "run_experiment", "validate",
 ]
 
-METHODS = ("finetune", "ewc", "kfac", "ewc_online", "kfac_online", "joint")
 MODELS = ("cnn", "bert")
 SETTINGS = ("growing", "per_task")
-_FAMILY = {"ewc": "ewc", "kfac": "kfac", "ewc_online": "ewc", "kfac_online": "kfac"}
+# method → curvature family of the Fisher-based methods (read by experiments/cost.py)
+_FAMILY = {m: s.family for m, s in METHOD_SPECS.items() if s.family in ("ewc", "kfac")}
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -91,13 +94,16 @@ def load_tasks(names: Sequence[str], profile: Profile, seed: int = 0) -> list[Ta
     tasks = []
     for name in names:
         if name.startswith("toy"):
-            n = profile.max_concepts or 20
+            n = profile.concepts_for(name) or 20
             task = toy_task(name, n_concepts=n, seed=seed)
         else:
             from ..data import load_task
 
-            task = load_task(name, seed=seed, max_concepts=profile.max_concepts,
-                             require_test=True)
+            fractions = {}
+            if profile.split_fractions is not None:
+                fractions = dict(zip(("dev_fraction", "test_fraction"), profile.split_fractions))
+            task = load_task(name, seed=seed, max_concepts=profile.concepts_for(name),
+                             require_test=True, **fractions)
         tasks.append(task)
     return tasks
 
@@ -110,11 +116,12 @@ def _stable_shuffle(items: list, seed: int, salt: str) -> list:
 
 
 def prepare_task(task, profile: Profile, seed: int = 0) -> Task:
-    """Cut a task to the profile: at most ``max_concepts`` concepts (the first ones),
+    """Cut a task to the profile: at most ``profile.concepts_for(name)`` concepts (the first ones),
     ``max_train_per_concept`` mentions each (plus the preferred name when
     ``train_on_names``), ``max_eval`` dev and test examples (a seeded sample)."""
     name = getattr(task, "name", "task")
-    ids = list(task.concepts)[: profile.max_concepts] if profile.max_concepts else list(task.concepts)
+    n_concepts = profile.concepts_for(name)
+    ids = list(task.concepts)[:n_concepts] if n_concepts else list(task.concepts)
     keep = set(ids)
     concepts = {c: task.concepts[c] for c in ids}
     train_ex, per = [], {}
@@ -158,10 +165,31 @@ def _seed_everything(seed: int) -> None:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated (CUDA), else the process's peak resident memory."""
+    """Peak GPU memory allocated (CUDA), else the process's peak resident memory (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def next_lambda(scores: dict[float, float], grid: Sequence[float], max_steps: int) -> float | None:
+    """The next λ to try, or None when the dev optimum is interior (or the bound is hit).
+
+    ``scores``: λ → dev score of every λ tried (higher is better; ties: the smaller λ).
+    When the best λ is the smallest tried, the next is a tenth of it; when it is the
+    largest tried, ten times it; never beyond ``max_steps`` factors of 10 below
+    ``min(grid)`` or above ``max(grid)``."""
+    lams = sorted(scores)
+    best = max(lams, key=lambda lam: (scores[lam], -lam))
+    low, high = min(grid) / 10**max_steps, max(grid) * 10**max_steps
+    if best == lams[0]:
+        cand = float(f"{lams[0] / 10:.6g}")
+        if cand >= low * (1 - 1e-9) and cand not in scores:
+            return cand
+    if best == lams[-1]:
+        cand = float(f"{lams[-1] * 10:.6g}")
+        if cand <= high * (1 + 1e-9) and cand not in scores:
+            return cand
+    return None
 
 
 class _Sequence:
@@ -172,29 +200,38 @@ class _Sequence:
         self.linker, self.tasks, self.profile, self.seed = linker, tasks, profile, seed
         self.progress = progress
         self.device = linker.device()
+        self.has_table = hasattr(linker, "table") and hasattr(linker, "seen")
 
     # training -------------------------------------------------------------------------
     def train_task(self, t: int, method: str, lam: float = 0.0, penalty=None) -> None:
-        p, linker = self.profile, self.linker
-        if method == "joint":
+        p, linker, spec = self.profile, self.linker, method_spec(method)
+        if spec.data == "union":
             ids = [c for task in self.tasks[: t + 1] for c in task.concepts]
             examples = [ex for task in self.tasks[: t + 1] for ex in task.train]
         else:
             ids, examples = list(self.tasks[t].concepts), self.tasks[t].train
+        seen_before = linker.seen.clone() if self.has_table else None
         linker.begin_task(ids)
         batches = linking_batches(linker, examples, p.batch_size, shuffle=True,
                                   seed=self.seed * 1000 + t)
         torch.manual_seed(self.seed * 1000 + t)  # dropout
-        train(linker, batches, epochs=p.epochs, lr=p.lr, head_lr=p.head_lr,
-              penalty=penalty, lam=lam, method=method, task=self.tasks[t].name,
-              max_grad_norm=p.max_grad_norm, label_smoothing=p.label_smoothing,
-              progress=self.progress)
+        kwargs = dict(epochs=p.epochs, lr=p.lr, head_lr=p.head_lr, penalty=penalty, lam=lam,
+                      method=method, task=self.tasks[t].name, max_grad_norm=p.max_grad_norm,
+                      label_smoothing=p.label_smoothing, progress=self.progress)
+        if spec.freeze_encoder and t > 0:
+            new_rows = (linker.seen & ~seen_before) if self.has_table else None
+            with frozen_encoder(linker, new_rows):
+                train(linker, batches, **kwargs)
+        else:
+            train(linker, batches, **kwargs)
 
     def fit_curvature(self, family: str, t: int):
         from ..consolidation import EWC, KFAC
 
         p, linker = self.profile, self.linker
         linker.begin_task(list(self.tasks[t].concepts))  # task t's softmax (no-op if current)
+        if family == "l2":
+            return L2Anchor.fit(linker)
         examples = _stable_shuffle(self.tasks[t].train, self.seed, f"fisher:{t}")
         if p.fisher_examples:
             examples = examples[: p.fisher_examples]
@@ -209,23 +246,54 @@ class _Sequence:
                         diagonal_modules=diagonal, **common)
 
     # evaluation -----------------------------------------------------------------------
-    def evaluate_row(self, t: int) -> dict[str, list]:
-        """Scores of tasks 0..t after task t (``None`` for later tasks)."""
+    def _score(self, task: Task) -> tuple[dict, dict]:
         p, linker = self.profile, self.linker
-        row = {"test@1": [], "test@5": [], "dev@1": []}
+        with linker.scoring(list(task.concepts)):
+            test = evaluate_hits(linker, linking_batches(linker, task.test, p.eval_batch_size))
+            dev = evaluate_hits(linker, linking_batches(linker, task.dev, p.eval_batch_size),
+                                ks=(1,))
+        return test, dev
+
+    def evaluate_row(self, t: int) -> dict[str, list]:
+        """Scores of tasks 0..t after task t (``None`` for later tasks): test acc@1,
+        acc@5, dev acc@1 and the test acc@1 hits (a 0/1 string per task)."""
+        row = {"test@1": [], "test@5": [], "dev@1": [], "hits": []}
         for k, task in enumerate(self.tasks):
             if k > t:
                 for key in row:
                     row[key].append(None)
                 continue
-            with linker.scoring(list(task.concepts)):
-                test = evaluate(linker, linking_batches(linker, task.test, p.eval_batch_size))
-                dev = evaluate(linker, linking_batches(linker, task.dev, p.eval_batch_size),
-                               ks=(1,))
-            row["test@1"].append(test["acc@1"])
-            row["test@5"].append(test["acc@5"])
-            row["dev@1"].append(dev["acc@1"])
+            test, dev = self._score(task)
+            row["test@1"].append(float(test[1].float().mean()))
+            row["test@5"].append(float(test[5].float().mean()))
+            row["dev@1"].append(float(dev[1].float().mean()))
+            row["hits"].append(encode_hits(test[1].tolist()))
         return row
+
+    def table_rows(self, k: int) -> torch.Tensor | None:
+        """The current concept-table rows of task k's concepts (a copy)."""
+        if not self.has_table:
+            return None
+        rows = self.linker.columns(list(self.tasks[k].concepts))
+        return self.linker.table.weight.detach()[rows].clone()
+
+    @torch.no_grad()
+    def restored_hits(self, saved: list) -> list[str] | None:
+        """Test hits of every old task k with its table rows set to ``saved[k]``, the
+        rest of the model as it is; the rows are put back afterwards."""
+        if not self.has_table:
+            return None
+        out, weight = [], self.linker.table.weight
+        for k, rows_value in enumerate(saved):
+            rows = self.linker.columns(list(self.tasks[k].concepts))
+            now = weight[rows].clone()
+            weight[rows] = rows_value
+            try:
+                test, _ = self._score(self.tasks[k])
+            finally:
+                weight[rows] = now
+            out.append(encode_hits(test[1].tolist()))
+        return out
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
@@ -242,16 +310,36 @@ def _matrix(rows: list[dict], key: str) -> list[list]:
     return [r[key] for r in rows]
 
 
+def _summary(rows: list[dict], restored: list | None) -> dict:
+    """Metrics of one run from its rows (test acc@1, the ``max`` forgetting kind)."""
+    R = _matrix(rows, "test@1")
+    out = metrics.summarize(R)
+    T = len(rows) - 1
+    if restored is not None and T > 0:
+        from ..statistics import decode_hits
+
+        best = [max(rows[t]["test@1"][k] for t in range(k, T)) for k in range(T)]
+        enc = float(np.mean([best[k] - decode_hits(restored[k]).mean() for k in range(T)]))
+        out["forgetting_encoder"] = enc
+        out["forgetting_table"] = out["avg_forgetting"] - enc
+    return out
+
+
 def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile: Profile,
                    seed: int = 0, setting: str = "growing", progress: bool = True,
                    checkpoint: str | None = None,
                    on_update: Callable[[dict], None] | None = None) -> dict:
-    """Run every method over ``tasks`` in order; returns the results dict of the CLI.
+    """Run every method over ``tasks`` in order; returns the results dict of one seed.
 
     ``tasks``: objects with ``name``, ``concepts``, ``train``, ``dev``, ``test`` (cut to
     the profile by :func:`prepare_task`). ``on_update(results)`` is called after each
     method (the CLI writes the JSON there, so that finished methods survive a later
-    error).
+    error). Per method: the chosen run's ``accuracy_matrix`` (test acc@1, ``R[t][k]``),
+    ``accuracy_matrix_at5``, ``dev_accuracy_matrix``, ``test_hits``,
+    ``test_hits_restored``, the metrics of :func:`kfac_tutorial.metrics.summarize` plus
+    ``forgetting_encoder``/``forgetting_table``, ``lambda`` and, for swept methods,
+    ``sweep`` (``[{"lambda", "dev_score"}]``, every λ tried) and ``lambda_sweep`` (every
+    λ's matrices, hits and metrics).
     """
     validate(model, methods, tasks, setting)
     tasks = [prepare_task(t, profile, seed) for t in tasks]
@@ -264,11 +352,12 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
     run = _Sequence(linker, tasks, profile, seed, progress)
     T = len(tasks)
     order = sorted(methods, key=lambda m: m != "finetune")  # the baseline first
+    specs = {m: method_spec(m) for m in order}
 
     results = {
         "model": model, "tasks": [t.name for t in tasks], "profile": profile.name,
         "seed": seed, "setting": setting, "forgetting_kind": "max",
-        "lambda_selection": "final average dev acc@1 over the profile's grid",
+        "lambda_selection": "final average dev acc@1; the grid extended ×10 past an edge optimum",
         "concepts": len(inventory),
         "examples": {t.name: {"concepts": len(t.concepts), "train": len(t.train),
                               "dev": len(t.dev), "test": len(t.test)} for t in tasks},
@@ -278,7 +367,8 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
         "torch": torch.__version__, "config": _jsonable(asdict(profile)), "methods": {},
     }
 
-    grids = {m: (tuple(profile.lambdas[_FAMILY[m]]) if m in _FAMILY else (0.0,)) for m in order}
+    grids = {m: (tuple(sorted(profile.lambdas[s.family])) if s.swept else (0.0,))
+             for m, s in specs.items()}
     total = 1 + sum(len(grids[m]) * (T - 1) for m in order)
     bar = None
     if progress:
@@ -294,57 +384,80 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
     run.train_task(0, "finetune")
     row0 = run.evaluate_row(0)
     after0 = {k: v.clone() for k, v in linker.state_dict().items()}
+    table0 = run.table_rows(0)
     shared_seconds = time.perf_counter() - start
     if bar is not None:
         bar.update(1)
     curvature0, fit0_seconds = {}, {}
-    for family in dict.fromkeys(_FAMILY[m] for m in order if m in _FAMILY):
-        if T > 1:  # the Fisher of task 0, shared by the per-task and online variants
+    for family in dict.fromkeys(s.family for s in specs.values() if s.swept):
+        if T > 1:  # the curvature of task 0, shared by the per-task and online variants
             fit_start = time.perf_counter()
+            linker.load_state_dict(after0)
             curvature0[family] = run.fit_curvature(family, 0)
             fit0_seconds[family] = time.perf_counter() - fit_start
 
     for method in order:
-        family = _FAMILY.get(method)
-        online = method.endswith("_online")
-        sweep = []
+        spec = specs[method]
+        family = spec.family
+        sweep: dict[float, dict] = {}
         method_start = time.perf_counter()
-        for lam in grids[method]:
+        queue = list(grids[method])
+        while queue:
+            lam = queue.pop(0)
             run_start = time.perf_counter()
             linker.load_state_dict(after0)
             state = curvature0.get(family)
-            rows = [row0]
+            rows, saved = [row0], [table0]
             for t in range(1, T):
                 if bar is not None:
                     bar.set_description(f"{method} λ={lam:g} · {tasks[t].name}", refresh=False)
                 run.train_task(t, method, lam, state.penalty if state is not None else None)
                 rows.append(run.evaluate_row(t))
+                if t < T - 1:
+                    saved.append(run.table_rows(t))
                 if bar is not None:
                     bar.update(1)
                 if family is not None and t < T - 1:
                     new = run.fit_curvature(family, t)
-                    state = state.merge(new, profile.gamma) if online else state + new
+                    state = state.merge(new, profile.gamma) if spec.online else state + new
+            restored = run.restored_hits(saved[: T - 1]) if T > 1 else None
             R_dev = _matrix(rows, "dev@1")
-            sweep.append({
+            sweep[lam] = {
                 "lambda": lam,
                 "dev_final_avg_accuracy": metrics.final_average_accuracy(R_dev),
                 "dev_avg_forgetting": _clean(metrics.average_forgetting(R_dev)),
                 "dev_plasticity": metrics.plasticity(R_dev),
                 "accuracy_matrix": _matrix(rows, "test@1"),
                 "accuracy_matrix_at5": _matrix(rows, "test@5"),
-                "dev_accuracy_matrix": _matrix(rows, "dev@1"),
+                "dev_accuracy_matrix": R_dev,
+                "test_hits": _matrix(rows, "hits"),
+                "test_hits_restored": restored,
                 "curvature_bytes": int(state.memory_bytes()) if state is not None else 0,
                 "seconds": shared_seconds + fit0_seconds.get(family, 0.0)
                 + time.perf_counter() - run_start,
                 "parameter_sha1": parameter_checksum(linker),
-            })
-        best = max(sweep, key=lambda s: (s["dev_final_avg_accuracy"], -s["lambda"]))
-        R = best["accuracy_matrix"]
+                **{f"test_{k}": v for k, v in _summary(rows, restored).items()
+                   if k in ("avg_forgetting", "plasticity", "final_avg_accuracy",
+                            "forgetting_encoder", "forgetting_table")},
+            }
+            if not queue and spec.swept and T > 1:
+                nxt = next_lambda({lam_: s["dev_final_avg_accuracy"] for lam_, s in sweep.items()},
+                                  grids[method], profile.lambda_extension)
+                if nxt is not None:
+                    queue.append(nxt)
+                    if bar is not None:
+                        bar.total += T - 1
+                        bar.refresh()
+        best = max(sweep.values(), key=lambda s: (s["dev_final_avg_accuracy"], -s["lambda"]))
+        tried = sorted(sweep)
         entry = {
-            "accuracy_matrix": R,
+            "accuracy_matrix": best["accuracy_matrix"],
             "accuracy_matrix_at5": best["accuracy_matrix_at5"],
             "dev_accuracy_matrix": best["dev_accuracy_matrix"],
-            **metrics.summarize(R),
+            "test_hits": best["test_hits"],
+            "test_hits_restored": best["test_hits_restored"],
+            **{k: v for k, v in best.items() if k.startswith("test_") and not k.startswith("test_hits")},
+            **metrics.summarize(best["accuracy_matrix"]),
             "lambda": best["lambda"],
             "seconds": best["seconds"],
             "sweep_seconds": shared_seconds + fit0_seconds.get(family, 0.0)
@@ -353,12 +466,15 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
             "curvature_bytes": best["curvature_bytes"],
             "parameter_sha1": best["parameter_sha1"],
         }
-        if family is not None:
-            entry["lambda_sweep"] = [
-                {**s, **{f"test_{k}": v for k, v in metrics.summarize(s["accuracy_matrix"]).items()
-                         if k in ("avg_forgetting", "plasticity", "final_avg_accuracy")}}
-                for s in sweep
-            ]
+        for k in ("forgetting_encoder", "forgetting_table"):
+            entry[k] = entry.pop(f"test_{k}", None)
+        for k in ("avg_forgetting", "plasticity", "final_avg_accuracy"):
+            entry.pop(f"test_{k}", None)
+        if spec.swept:
+            entry["sweep"] = [{"lambda": lam, "dev_score": sweep[lam]["dev_final_avg_accuracy"]}
+                              for lam in tried]
+            entry["lambda_interior"] = tried[0] < best["lambda"] < tried[-1]
+            entry["lambda_sweep"] = [sweep[lam] for lam in tried]
         results["methods"][method] = entry
         _add_reductions(results)
         results["total_seconds"] = time.perf_counter() - run_started

@@ -35,7 +35,7 @@ class Profile:
     the online variants use their family's grid."""
 
     name: str
-    max_concepts: int | None          # concepts per task (None: all)
+    max_concepts: int | dict | None   # concepts per task (None: all; a dict: per task name)
     max_train_per_concept: int | None  # training mentions kept per concept
     max_eval: int | None              # dev / test examples per task
     epochs: int
@@ -55,22 +55,38 @@ class Profile:
     max_grad_norm: float | None = 5.0
     eval_batch_size: int = 256
     linker: dict = field(default_factory=dict)  # extra arguments of cnn_linker/bert_linker
+    split_fractions: tuple | None = None  # (dev, test) fractions of load_task (None: its defaults)
+    lambda_extension: int = 3         # at most this many ×10 steps beyond either end of a grid
 
     def with_overrides(self, **kw) -> "Profile":
         return replace(self, **kw)
 
+    def concepts_for(self, task: str) -> int | None:
+        """Concepts kept of ``task`` (``max_concepts``, per task when it is a dict; a
+        task the dict does not name keeps its ``"default"`` entry, else all)."""
+        if isinstance(self.max_concepts, dict):
+            return self.max_concepts.get(task, self.max_concepts.get("default"))
+        return self.max_concepts
+
+
+# The ``cpu`` profile holds at least 500 (CNN) / 300 (BERT) dev and test mentions per task
+# (issue 11: evaluation sets big enough to rank methods): 30% of the mentions go to dev and
+# 30% to test, and each vocabulary keeps as many concepts as that needs (phenotypes and
+# icd10cm concepts have few mentions each, so they need more concepts).
+_CPU_CNN_CONCEPTS = {"diseases": 350, "drugs": 380, "phenotypes": 1350, "icd10cm": 1576, "default": 400}
+_CPU_BERT_CONCEPTS = {"diseases": 220, "drugs": 220, "phenotypes": 800, "icd10cm": 1000, "default": 250}
 
 _PROFILES: dict[tuple[str, str], Profile] = {
     ("cnn", "test"): Profile(
         "test", max_concepts=12, max_train_per_concept=3, max_eval=12, epochs=3,
         batch_size=16, lr=3e-3, head_lr=3e-3, max_length=24,
-        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0)}, fisher_examples=32,
+        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)}, fisher_examples=32,
         linker={"embed_dim": 16, "channels": 32, "dim": 32},
     ),
     ("bert", "test"): Profile(
         "test", max_concepts=12, max_train_per_concept=3, max_eval=12, epochs=2,
         batch_size=16, lr=1e-3, head_lr=3e-3, max_length=12,
-        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0)}, fisher_examples=32,
+        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)}, fisher_examples=32,
         linker={"pretrained": False, "config_overrides": {
             "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
             "intermediate_size": 64}},
@@ -78,37 +94,37 @@ _PROFILES: dict[tuple[str, str], Profile] = {
     ("cnn", "ci"): Profile(
         "ci", max_concepts=150, max_train_per_concept=4, max_eval=200, epochs=12,
         batch_size=32, lr=2e-3, head_lr=2e-3, max_length=40,
-        lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5)},
+        lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5), "l2": (1e-2, 1e-1, 1.0)},
         mc_samples=8, fisher_examples=256, weight_sharing="expand",
     ),
     ("bert", "ci"): Profile(
         "ci", max_concepts=100, max_train_per_concept=3, max_eval=150, epochs=3,
         batch_size=32, lr=5e-5, head_lr=2e-3, max_length=16,
-        lambdas={"ewc": (1e2, 1e4, 1e6), "kfac": (1e2, 1e4, 1e6)}, fisher_examples=256,
+        lambdas={"ewc": (1e2, 1e4, 1e6), "kfac": (1e2, 1e4, 1e6), "l2": (1e-2, 1.0)}, fisher_examples=256,
         linker={"freeze_embeddings": True},
     ),
     ("cnn", "cpu"): Profile(
-        "cpu", max_concepts=200, max_train_per_concept=4, max_eval=300, epochs=12,
+        "cpu", max_concepts=_CPU_CNN_CONCEPTS, max_train_per_concept=4, max_eval=1000, epochs=12,
         batch_size=32, lr=2e-3, head_lr=2e-3, max_length=40,
-        lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5)},
-        mc_samples=8, fisher_examples=256, weight_sharing="expand",
+        lambdas={"ewc": (1e3, 1e4, 1e5, 1e6), "kfac": (1e3, 1e4, 1e5, 1e6), "l2": (1e-2, 1e-1, 1.0)},
+        mc_samples=8, fisher_examples=256, weight_sharing="expand", split_fractions=(0.3, 0.3),
     ),
     ("bert", "cpu"): Profile(
-        "cpu", max_concepts=100, max_train_per_concept=3, max_eval=200, epochs=3,
+        "cpu", max_concepts=_CPU_BERT_CONCEPTS, max_train_per_concept=3, max_eval=600, epochs=3,
         batch_size=32, lr=5e-5, head_lr=2e-3, max_length=16,
-        lambdas={"ewc": (1e3, 1e4, 1e5, 1e6), "kfac": (1e3, 1e4, 1e5, 1e6)},
-        fisher_examples=256, linker={"freeze_embeddings": True},
+        lambdas={"ewc": (1e3, 1e4, 1e5, 1e6), "kfac": (1e3, 1e4, 1e5, 1e6), "l2": (1e-2, 1e-1, 1.0)},
+        fisher_examples=256, linker={"freeze_embeddings": True}, split_fractions=(0.3, 0.3),
     ),
     ("cnn", "full"): Profile(
         "full", max_concepts=None, max_train_per_concept=None, max_eval=None, epochs=15,
         batch_size=128, lr=2e-3, head_lr=2e-3, max_length=64,
-        lambdas={"ewc": (1e1, 1e2, 1e3, 1e4, 1e5), "kfac": (1e1, 1e2, 1e3, 1e4, 1e5)},
+        lambdas={"ewc": (1e1, 1e2, 1e3, 1e4, 1e5), "kfac": (1e1, 1e2, 1e3, 1e4, 1e5), "l2": (1e-2, 1e-1, 1.0)},
         mc_samples=8, fisher_examples=20000, weight_sharing="expand", eval_batch_size=1024,
     ),
     ("bert", "full"): Profile(
         "full", max_concepts=None, max_train_per_concept=None, max_eval=None, epochs=3,
         batch_size=64, lr=3e-5, head_lr=2e-3, max_length=32,
-        lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5)},
+        lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5), "l2": (1e-2, 1e-1, 1.0)},
         mc_samples=4, fisher_examples=20000, eval_batch_size=1024,
     ),
 }

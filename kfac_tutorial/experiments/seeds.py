@@ -1,0 +1,108 @@
+"""Several seeds of one comparison: :func:`run_seeds` and :func:`combine_seeds`.
+
+A seed is a whole run (task subsets, initialisation, batch order, Fisher samples). The
+combined JSON keeps the first seed's results dict as it is and adds
+
+* ``"seeds"``: the seeds run, and ``"examples_per_seed"``;
+* per method ``"seeds"`` (that method's per-seed dicts), ``"mean"`` and ``"ci95"``
+  (metric → value / ``[low, high]``) for :data:`kfac_tutorial.statistics.METRICS`;
+* ``"comparisons"``: one entry per pair of methods and metric, ``{"a", "b", "metric",
+  "diff", "ci95", "verdict"}`` (:func:`kfac_tutorial.statistics.compare`);
+* ``"frontier_comparisons"``: forgetting at matched plasticity for the pairs of swept
+  methods, matched to each one's chosen run
+  (:func:`kfac_tutorial.statistics.matched_comparison`);
+* ``"statistics"``: how the intervals were made and the smallest difference in
+  reduction the design detects (:func:`kfac_tutorial.statistics.minimal_detectable_difference`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from .. import statistics as st
+from .methods import method_spec
+from .profiles import Profile
+
+__all__ = ["FRONTIER_PAIRS", "combine_seeds", "run_seeds"]
+
+#: Pairs compared along their λ frontiers when the run holds both.
+FRONTIER_PAIRS = (("kfac", "ewc"), ("kfac_online", "ewc_online"), ("kfac", "l2"), ("ewc", "l2"))
+N_BOOT = 2000
+BOOTSTRAP_SEED = 0
+
+
+def combine_seeds(runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: int = BOOTSTRAP_SEED,
+                  frontier_boot: int = 500) -> dict:
+    """The combined results dict of several seeds' runs (module docs). Methods missing
+    from some run (a run still in progress) are left out of the statistics."""
+    if not runs:
+        raise ValueError("no runs to combine")
+    methods = [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
+    out = dict(runs[0])
+    out["seeds"] = [r["seed"] for r in runs]
+    out["examples_per_seed"] = {str(r["seed"]): r["examples"] for r in runs}
+    out["total_seconds"] = sum(r.get("total_seconds", 0.0) for r in runs)
+    out["methods"] = {m: dict(e) for m, e in runs[0]["methods"].items()}
+    if not methods:
+        return out
+    boot = st.bootstrap_seeds(runs, methods, n_boot=n_boot, bootstrap_seed=bootstrap_seed)
+    summary = st.summarize_seeds(boot)
+    for m in methods:
+        out["methods"][m]["seeds"] = [r["methods"][m] for r in runs]
+        out["methods"][m]["mean"] = summary[m]["mean"]
+        out["methods"][m]["ci95"] = summary[m]["ci95"]
+    out["comparisons"] = st.compare(boot)
+    frontier = []
+    swept = [m for m in methods if method_spec(m).swept]
+    for a, b in FRONTIER_PAIRS:
+        if a in swept and b in swept:
+            for ref in (a, b):
+                frontier.append(st.matched_comparison(runs, a, b, ref, n_boot=frontier_boot,
+                                                      bootstrap_seed=bootstrap_seed))
+    out["frontier_comparisons"] = frontier
+    power = {}
+    for c in out["comparisons"]:
+        if c["metric"] == "forgetting_reduction" and c["ci95"][0] is not None:
+            power[f"{c['a']}-{c['b']}"] = {
+                "mdd": st.minimal_detectable_difference(c["ci95"], len(runs)),
+                "mdd_per_seed": st.minimal_detectable_difference(c["ci95"], len(runs), 1),
+            }
+    out["statistics"] = {
+        "intervals": "paired two-stage percentile bootstrap over seeds and test mentions "
+                     "(kfac_tutorial.statistics)",
+        "n_boot": n_boot, "bootstrap_seed": bootstrap_seed,
+        "verdict": "tie exactly when the 95% interval of the difference contains 0",
+        "minimal_detectable_difference": "(1.96 + 0.84) × SE of the difference (5% two-sided, 80% power)",
+        "power": power,
+    }
+    return out
+
+
+def run_seeds(model: str, task_names: Sequence[str], methods: Sequence[str], profile: Profile,
+              seeds: Sequence[int], setting: str = "growing", progress: bool = True,
+              checkpoint: str | None = None,
+              on_update: Callable[[dict], None] | None = None) -> dict:
+    """Run the comparison once per seed and combine (:func:`combine_seeds`).
+
+    ``on_update(combined)`` is called after every method of every seed with the
+    combination of what has finished."""
+    from .harness import load_tasks, run_experiment
+
+    if not seeds:
+        raise ValueError("no seeds given, e.g. seeds=[0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds listed twice: {list(seeds)}")
+    runs: list[dict] = []
+    for seed in seeds:
+        tasks = load_tasks(task_names, profile, seed=seed)
+
+        def update(partial, done=list(runs)):
+            if on_update is not None:
+                on_update(combine_seeds(done + [partial], n_boot=200, frontier_boot=50))
+
+        runs.append(run_experiment(model, tasks, methods, profile, seed=seed, setting=setting,
+                                   progress=progress, checkpoint=checkpoint, on_update=update))
+    combined = combine_seeds(runs)
+    if on_update is not None:
+        on_update(combined)
+    return combined
