@@ -62,9 +62,16 @@ def _check_schema(res, methods, tasks):
         for key in ("avg_forgetting", "plasticity", "final_avg_accuracy", "lambda", "seconds"):
             assert isinstance(m[key], (int, float)), (name, key)
         assert ("forgetting_reduction" in m) == (name != "finetune")
-    for name in ("ewc", "kfac"):
+    for name in ("ewc", "kfac", "l2"):
         if name in res["methods"]:
-            assert res["methods"][name]["lambda"] in get_profile(res["model"], "test").lambdas[name]
+            m = res["methods"][name]
+            tried = [s["lambda"] for s in m["sweep"]]
+            assert m["lambda"] in tried and tried == sorted(tried)
+            assert set(get_profile(res["model"], "test").lambdas[name]) <= set(tried)
+            assert [s["lambda"] for s in m["lambda_sweep"]] == tried
+            assert {"lambda", "dev_score"} == set(m["sweep"][0])
+            best = max(m["sweep"], key=lambda s: (s["dev_score"], -s["lambda"]))
+            assert best["lambda"] == m["lambda"]
 
 
 def test_cli_writes_the_documented_json(tmp_path, capsys):
@@ -86,7 +93,7 @@ def test_cli_lambda_option_replaces_a_family_grid(tmp_path, capsys):
     res = read_results(out)
     assert {m["lambda"] for m in res["methods"].values()} == {3.5}  # online variants share the family grid
     assert len(res["methods"]["kfac"]["lambda_sweep"]) == 1
-    for bad, msg in (("kfc=1", "FAMILY ewc or kfac"), ("kfac=big", "must be numbers"), ("kfac=-1", "positive")):
+    for bad, msg in (("kfc=1", "FAMILY ewc, kfac or l2"), ("kfac=big", "must be numbers"), ("kfac=-1", "positive")):
         assert main(["--tasks", "toy-a", "--profile", "test", "--lambda", bad, "--out", str(out)]) == 2
         assert msg in capsys.readouterr().err
 

@@ -177,7 +177,10 @@ def next_lambda(scores: dict[float, float], grid: Sequence[float], max_steps: in
     ``scores``: λ → dev score of every λ tried (higher is better; ties: the smaller λ).
     When the best λ is the smallest tried, the next is a tenth of it; when it is the
     largest tried, ten times it; never beyond ``max_steps`` factors of 10 below
-    ``min(grid)`` or above ``max(grid)``."""
+    ``min(grid)`` or above ``max(grid)``. A grid of one value is a fixed λ (e.g. the
+    CLI's ``--lambda kfac=3.5``), never extended."""
+    if len(set(grid)) < 2:
+        return None
     lams = sorted(scores)
     best = max(lams, key=lambda lam: (scores[lam], -lam))
     low, high = min(grid) / 10**max_steps, max(grid) * 10**max_steps
