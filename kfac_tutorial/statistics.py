@@ -319,7 +319,8 @@ def frontier_band(seed_runs: Sequence[dict], method: str, grid: Sequence[float] 
         hi = min(p[1][0].max() for p in pts)
         grid = np.linspace(lo, hi, 25) if hi > lo else np.array([lo])
     grid = np.asarray(grid, dtype=float)
-    mean_curve = np.nanmean([[_interp(p[1][0], p[2][0], g) for g in grid] for p in pts], axis=0)
+    with _quiet():
+        mean_curve = np.nanmean([[_interp(p[1][0], p[2][0], g) for g in grid] for p in pts], axis=0)
     curves = np.full((S, B, grid.size), np.nan)
     for s, run in enumerate(seed_runs):
         idx = _mention_draws(run["methods"][method], B, rng)

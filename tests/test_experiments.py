@@ -187,7 +187,7 @@ def test_tables_summarise_methods_and_sweeps(tmp_path):
     assert table.loc["finetune", "curvature bytes"] == 0 and table.loc["kfac", "curvature bytes"] > 0
     sweep = sweep_table(res)
     grid = get_profile("cnn", "test").lambdas["kfac"]
-    assert [lam for _, lam in sweep.index] == list(grid)
+    assert set(grid) <= {lam for _, lam in sweep.index}  # the grid, extended past an edge optimum
     assert sweep["chosen"].sum() == 1
 
 
@@ -255,3 +255,99 @@ def test_variant_bars_draws_one_group_per_variant():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.5, 0.8]  # kfac only: fine-tuning has no reduction to show
+
+
+def test_cli_seeds_write_intervals_and_verdicts(tmp_path, capsys):
+    out = tmp_path / "seeds.json"
+    assert main(["--model", "cnn", "--methods", "finetune,ewc,kfac,l2,frozen", "--tasks", "toy-a,toy-b",
+                 "--profile", "test", "--seeds", "0,1", "--out", str(out), "--no-progress"]) == 0
+    res = read_results(out)
+    _check_schema(res, ["finetune", "ewc", "kfac", "l2", "frozen"], TASKS)
+    assert res["seeds"] == [0, 1] and res["seed"] == 0
+    assert res["command"].startswith("python -m kfac_tutorial.experiments") and "--seeds" in res["command"]
+    assert res["kfac_tutorial_version"]
+    for name, m in res["methods"].items():
+        assert [s["parameter_sha1"] for s in m["seeds"]][0] == m["parameter_sha1"]  # first seed kept
+        for metric in ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy"):
+            assert metric in m["mean"] and len(m["ci95"][metric]) == 2
+        per_seed = [s["avg_forgetting"] for s in m["seeds"]]
+        assert m["mean"]["avg_forgetting"] == pytest.approx(sum(per_seed) / 2)
+    kfac_ewc = [c for c in res["comparisons"] if (c["a"], c["b"]) == ("kfac", "ewc")]
+    assert {c["metric"] for c in kfac_ewc} == {"avg_forgetting", "forgetting_reduction", "plasticity",
+                                                "final_avg_accuracy"}
+    for c in res["comparisons"]:
+        lo, hi = c["ci95"]
+        assert (c["verdict"] == "tie") == (lo is None or lo <= 0 <= hi)
+        assert c["verdict"] in ("tie", c["a"], c["b"])
+    assert "kfac − ewc" in capsys.readouterr().out
+    assert main(["--tasks", "toy-a", "--profile", "test", "--seeds", "0,x", "--out", str(out)]) == 2
+    assert "integers" in capsys.readouterr().err
+
+
+def test_bert_with_seeds(tmp_path):
+    out = tmp_path / "bert.json"
+    assert main(["--model", "bert", "--methods", "finetune,kfac,frozen", "--tasks", "toy-a,toy-b",
+                 "--profile", "test", "--seeds", "0,1", "--out", str(out), "--no-progress"]) == 0
+    res = read_results(out)
+    _check_schema(res, ["finetune", "kfac", "frozen"], TASKS)
+    assert len(res["methods"]["kfac"]["seeds"]) == 2 and res["comparisons"]
+
+
+def _sequence(model="cnn"):
+    profile = get_profile(model, "test")
+    tasks = [harness.prepare_task(t, profile) for t in load_tasks(TASKS, profile)]
+    linker = harness.build_linker(model, harness.ConceptInventory.union(tasks), profile)
+    return harness._Sequence(linker, tasks, profile, 0, False), tasks
+
+
+def test_frozen_keeps_the_encoder_and_old_rows_bit_for_bit():
+    run, tasks = _sequence()
+    run.train_task(0, "finetune")
+    before = {n: p.detach().clone() for n, p in run.linker.named_parameters()}
+    old_rows = run.linker.columns(list(tasks[0].concepts))
+    new_rows = run.linker.columns([c for c in tasks[1].concepts if c not in tasks[0].concepts])
+    run.train_task(1, "frozen")
+    after = dict(run.linker.named_parameters())
+    for name, p in before.items():
+        if name != "table.weight":
+            assert torch.equal(after[name], p), name
+    assert torch.equal(after["table.weight"][old_rows], p_old := before["table.weight"][old_rows]) and p_old.numel()
+    assert not torch.equal(after["table.weight"][new_rows], before["table.weight"][new_rows])  # they learned
+    assert all(p.requires_grad for p in run.linker.parameters())  # unfrozen afterwards
+
+
+def test_l2_with_a_huge_lambda_keeps_the_parameters_near_the_anchor():
+    from kfac_tutorial.experiments import L2Anchor
+
+    distances = {}
+    for lam in (0.0, 1e6):
+        run, tasks = _sequence()
+        run.train_task(0, "finetune")
+        anchor = run.fit_curvature("l2", 0)
+        assert isinstance(anchor, L2Anchor)
+        theta0 = {n: p.detach().clone() for n, p in run.linker.named_parameters() if n != "table.weight"}
+        old_rows = run.linker.columns(list(tasks[0].concepts))
+        table0 = run.linker.table.weight.detach()[old_rows].clone()
+        run.train_task(1, "l2", lam, anchor.penalty)
+        deltas = [(p.detach() - theta0[n]).flatten() for n, p in run.linker.named_parameters() if n in theta0]
+        deltas.append((run.linker.table.weight.detach()[old_rows] - table0).flatten())
+        delta = torch.cat(deltas)
+        distances[lam] = (float(delta.norm()), float(delta.abs().max()))
+    # Adam moves every coordinate by about lr per step, however steep the pull: a huge λ
+    # keeps each one within a few steps of θ*, where fine-tuning moves far
+    lr = get_profile("cnn", "test").lr
+    assert distances[1e6][1] < 3 * lr < distances[0.0][1]
+    assert distances[1e6][0] < 0.1 * distances[0.0][0]
+    # the penalty is ½‖θ − θ*‖² over the encoder and the seen rows only
+    run, tasks = _sequence()
+    run.train_task(0, "finetune")
+    anchor = L2Anchor.fit(run.linker)
+    with torch.no_grad():
+        for n, p in run.linker.named_parameters():
+            p.add_(1.0)
+    seen_rows = int(run.linker.seen.sum())
+    n_encoder = sum(p.numel() for n, p in run.linker.named_parameters() if n != "table.weight")
+    expected = 0.5 * (n_encoder + seen_rows * run.linker.table.weight.shape[1])
+    assert float(anchor.penalty(run.linker)) == pytest.approx(expected, rel=1e-5)
+    assert float((anchor + anchor).penalty(run.linker)) == pytest.approx(2 * expected, rel=1e-5)
+    assert float(anchor.merge(anchor, 0.5).penalty(run.linker)) == pytest.approx(1.5 * expected, rel=1e-5)

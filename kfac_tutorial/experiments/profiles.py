@@ -88,12 +88,14 @@ _PROFILES: dict[tuple[str, str], Profile] = {
         "test", max_concepts=12, max_train_per_concept=3, max_eval=12, epochs=3,
         batch_size=16, lr=3e-3, head_lr=3e-3, max_length=24,
         lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)}, fisher_examples=32,
+        lambda_extension=1,
         linker={"embed_dim": 16, "channels": 32, "dim": 32},
     ),
     ("bert", "test"): Profile(
         "test", max_concepts=12, max_train_per_concept=3, max_eval=12, epochs=2,
         batch_size=16, lr=1e-3, head_lr=3e-3, max_length=12,
         lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)}, fisher_examples=32,
+        lambda_extension=1,
         linker={"pretrained": False, "config_overrides": {
             "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
             "intermediate_size": 64}},
