@@ -23,7 +23,7 @@ from .. import statistics as st
 from .methods import method_spec
 from .profiles import Profile
 
-__all__ = ["FRONTIER_PAIRS", "combine_seeds", "run_seeds"]
+__all__ = ["FRONTIER_PAIRS", "combine_seeds", "merge_recorded", "run_seeds", "seed_runs"]
 
 #: Pairs compared along their λ frontiers when the run holds both.
 FRONTIER_PAIRS = (("kfac", "ewc"), ("kfac_online", "ewc_online"), ("kfac", "l2"), ("ewc", "l2"))
@@ -106,3 +106,50 @@ def run_seeds(model: str, task_names: Sequence[str], methods: Sequence[str], pro
     if on_update is not None:
         on_update(combined)
     return combined
+
+
+def seed_runs(combined: dict) -> list[dict]:
+    """The per-seed results dicts held in a combined dict (the inverse of
+    :func:`combine_seeds`, up to the statistics)."""
+    seeds = combined.get("seeds", [combined["seed"]])
+    runs = []
+    for i, seed in enumerate(seeds):
+        run = {k: v for k, v in combined.items()
+               if k not in ("methods", "seeds", "comparisons", "frontier_comparisons", "statistics",
+                            "examples_per_seed")}
+        run["seed"] = seed
+        run["examples"] = combined.get("examples_per_seed", {}).get(str(seed), combined["examples"])
+        run["methods"] = {m: e["seeds"][i] if "seeds" in e else e for m, e in combined["methods"].items()
+                          if "seeds" in e or i == 0}
+        runs.append(run)
+    return runs
+
+
+def merge_recorded(*combined: dict, n_boot: int = N_BOOT) -> dict:
+    """One combined dict from several runs of the same tasks, profile and seeds with
+    different methods (a method's results do not depend on the other methods of its run:
+    task 0 is shared, every later task is re-seeded). A method in several inputs is taken
+    from the first. The ``command`` entries are kept as a list."""
+    if not combined:
+        raise ValueError("nothing to merge")
+    first = combined[0]
+    for other in combined[1:]:
+        for key in ("tasks", "profile", "model", "seeds"):
+            if other.get(key) != first.get(key):
+                raise ValueError(f"cannot merge runs with different {key}: {first.get(key)} vs {other.get(key)}")
+    per_seed = [seed_runs(c) for c in combined]
+    runs = []
+    for i in range(len(per_seed[0])):
+        run = dict(per_seed[0][i])
+        run["methods"] = {}
+        for parts in per_seed:
+            for m, e in parts[i]["methods"].items():
+                run["methods"].setdefault(m, e)
+        run["methods"] = dict(sorted(run["methods"].items(), key=lambda kv: kv[0] != "finetune"))
+        run["total_seconds"] = sum(parts[i].get("total_seconds", 0.0) for parts in per_seed)
+        runs.append(run)
+    out = combine_seeds(runs, n_boot=n_boot)
+    out["command"] = [c.get("command") for c in combined]
+    out["git_commit"] = [c.get("git_commit") for c in combined]
+    out["kfac_tutorial_version"] = first.get("kfac_tutorial_version")
+    return out
