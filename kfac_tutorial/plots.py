@@ -23,16 +23,19 @@ __all__ = [
     "METHOD_COLORS", "METHOD_LABELS", "accuracy_heatmaps", "accuracy_over_time",
     "accuracy_by_mention", "forgetting_bars", "growth_panels", "lambda_curves", "lambda_tradeoff", "memory_bars",
     "ratio_bars", "set_style", "training_curve", "variant_bars",
+    "frontier_bands", "interval_bars", "forgetting_split_bars", "final_accuracy_over_lambda",
 ]
 
 METHOD_LABELS = {
     "finetune": "Fine-tuning", "ewc": "EWC", "kfac": "KFAC", "ewc_online": "EWC (online)",
-    "kfac_online": "KFAC (online)", "joint": "Joint (upper reference)",
+    "kfac_online": "KFAC (online)", "l2": "L2 (isotropic)", "frozen": "Frozen encoder",
+    "joint": "Joint (upper reference)",
 }
 _PALETTE = sns.color_palette("colorblind")
 METHOD_COLORS = {
     "finetune": _PALETTE[3], "ewc": _PALETTE[0], "kfac": _PALETTE[2],
-    "ewc_online": _PALETTE[9], "kfac_online": _PALETTE[8], "joint": _PALETTE[7],
+    "ewc_online": _PALETTE[9], "kfac_online": _PALETTE[8], "l2": _PALETTE[4],
+    "frozen": _PALETTE[5], "joint": _PALETTE[7],
 }
 _ORDER = list(METHOD_LABELS)
 
@@ -414,4 +417,128 @@ def growth_panels(length: dict, vocabulary: dict, tasks: dict):
     for ax in axes:
         ax.legend(fontsize=8)
     fig.suptitle("How the curvature's cost grows (BERT-base-sized, 2 layers; tasks: MiniLM linker)")
+    return fig
+
+
+# -- several seeds: means and intervals (kfac_tutorial.statistics) ----------------------------
+
+def _seeds_title(results: dict) -> str:
+    seeds = results.get("seeds", [results.get("seed")])
+    return (f"{results.get('model', '?').upper()} linker, {results.get('profile', '?')} profile, "
+            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+
+
+def interval_bars(results: dict, metric: str = "forgetting_reduction",
+                  methods: Sequence[str] | None = None, ax=None):
+    """Each method's mean over seeds of ``metric`` with its 95% interval (paired
+    bootstrap over seeds and test mentions) as an error bar; the seeds as dots."""
+    set_style()
+    methods = [m for m in _methods(results, methods) if "mean" in results["methods"][m]
+               and results["methods"][m]["mean"].get(metric) is not None]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.4), constrained_layout=True)
+    fig = ax.figure
+    for i, m in enumerate(methods):
+        e = results["methods"][m]
+        mean, (lo, hi) = e["mean"][metric], e["ci95"][metric]
+        color = METHOD_COLORS.get(m)
+        ax.bar(i, mean, color=color, alpha=0.75)
+        if lo is not None:
+            ax.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=5, lw=1.2)
+        per_seed = [s.get(metric) for s in e["seeds"]]
+        ax.scatter([i] * len(per_seed), per_seed, color="black", s=10, zorder=3)
+    ax.set_xticks(range(len(methods)), [_label(m) for m in methods], rotation=20, ha="right")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{metric.replace('_', ' ')}: mean and 95% interval — {_seeds_title(results)}", fontsize=9)
+    return fig
+
+
+def frontier_bands(results: dict, methods: Sequence[str] | None = None, n_boot: int = 300):
+    """Forgetting against plasticity along each swept method's λ frontier: the mean over
+    seeds (interpolated on a common plasticity grid) with its 95% band
+    (:func:`kfac_tutorial.statistics.frontier_band`); the dev-chosen runs as points with
+    their intervals in both directions; fine-tuning and the other baselines as points."""
+    from .experiments.seeds import seed_runs
+    from .statistics import frontier_band
+
+    set_style()
+    runs = seed_runs(results)
+    have = _methods(results, None)
+    swept = [m for m in have if "lambda_sweep" in results["methods"][m]]
+    methods = swept if methods is None else [m for m in methods if m in swept]
+    fig, ax = plt.subplots(figsize=(6.2, 4.3), constrained_layout=True)
+    for m in methods:
+        band = frontier_band(runs, m, n_boot=n_boot)
+        color = METHOD_COLORS.get(m)
+        ax.plot(band["plasticity"], band["forgetting"], color=color, label=f"{_label(m)} frontier")
+        ax.fill_between(band["plasticity"], band["low"], band["high"], color=color, alpha=0.2, lw=0)
+    for m in have:
+        e = results["methods"][m]
+        if "mean" not in e:
+            continue
+        x, y = e["mean"]["plasticity"], e["mean"]["avg_forgetting"]
+        (xl, xh), (yl, yh) = e["ci95"]["plasticity"], e["ci95"]["avg_forgetting"]
+        marker = "o" if m in methods else ("*" if m == "finetune" else "s")
+        ax.errorbar([x], [y], xerr=[[x - xl], [xh - x]] if xl is not None else None,
+                    yerr=[[y - yl], [yh - y]] if yl is not None else None, fmt=marker,
+                    color=METHOD_COLORS.get(m), ms=9 if marker == "*" else 6, capsize=3,
+                    label=f"{_label(m)} (λ chosen on dev)" if m in methods else _label(m))
+    ax.set_xlabel("new-task accuracy (plasticity, test)")
+    ax.set_ylabel("average forgetting (test)")
+    ax.set_title(f"Frontiers over λ, mean and 95% band — {_seeds_title(results)}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def forgetting_split_bars(results: dict, methods: Sequence[str] | None = None):
+    """Where the forgetting lives: each method's mean forgetting split into the part
+    that restoring the old tasks' concept-table rows gives back (table) and the rest
+    (the encoder's drift, and new rows that now outscore old concepts), with the 95%
+    interval of each part."""
+    set_style()
+    methods = [m for m in _methods(results, methods) if "mean" in results["methods"][m]
+               and results["methods"][m]["mean"].get("forgetting_encoder") is not None]
+    fig, ax = plt.subplots(figsize=(6.0, 3.4), constrained_layout=True)
+    x = np.arange(len(methods))
+    for j, (part, hatch) in enumerate((("forgetting_encoder", ""), ("forgetting_table", "//"))):
+        means = [results["methods"][m]["mean"][part] for m in methods]
+        cis = [results["methods"][m]["ci95"][part] for m in methods]
+        err = np.array([[mu - (c[0] if c[0] is not None else mu), (c[1] if c[1] is not None else mu) - mu]
+                        for mu, c in zip(means, cis)]).T
+        ax.bar(x + (j - 0.5) * 0.38, means, width=0.38, yerr=err, capsize=3, hatch=hatch,
+               color=[METHOD_COLORS.get(m) for m in methods], alpha=0.8 if j == 0 else 0.45,
+               edgecolor="black", lw=0.5, label="rest: encoder (and new rows)" if j == 0 else "old concept-table rows")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, [_label(m) for m in methods], rotation=20, ha="right")
+    ax.set_ylabel("average forgetting (test acc@1)")
+    ax.set_title(f"Forgetting: encoder vs concept table — {_seeds_title(results)}", fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def final_accuracy_over_lambda(results: dict, methods: Sequence[str] | None = None):
+    """Final average test accuracy against λ for every swept method: one thin line per
+    seed, the dev-chosen λ of each seed ringed. λ is not comparable across methods (each
+    method's penalty has its own scale), so each method gets its own panel."""
+    from .experiments.seeds import seed_runs
+
+    set_style()
+    runs = seed_runs(results)
+    swept = [m for m in _methods(results, methods) if "lambda_sweep" in results["methods"][m]]
+    fig, axes = plt.subplots(1, len(swept), figsize=(3.2 * len(swept), 3.0), constrained_layout=True,
+                             squeeze=False)
+    for ax, m in zip(axes[0], swept):
+        color = METHOD_COLORS.get(m)
+        for run in runs:
+            e = run["methods"][m]
+            lams = [s["lambda"] for s in e["lambda_sweep"]]
+            acc = [s["test_final_avg_accuracy"] for s in e["lambda_sweep"]]
+            ax.plot(lams, acc, marker="o", ms=3, color=color, alpha=0.7, lw=1)
+            ax.scatter([e["lambda"]], [acc[lams.index(e["lambda"])]], s=90, facecolors="none",
+                       edgecolors=color, lw=1.3)
+        ax.set_xscale("log")
+        ax.set_xlabel("λ")
+        ax.set_title(_label(m), fontsize=9)
+    axes[0][0].set_ylabel("final avg accuracy (test)")
+    fig.suptitle(f"Final accuracy over λ, one line per seed — {_seeds_title(results)}", fontsize=9)
     return fig

@@ -351,3 +351,37 @@ def test_l2_with_a_huge_lambda_keeps_the_parameters_near_the_anchor():
     assert float(anchor.penalty(run.linker)) == pytest.approx(expected, rel=1e-5)
     assert float((anchor + anchor).penalty(run.linker)) == pytest.approx(2 * expected, rel=1e-5)
     assert float(anchor.merge(anchor, 0.5).penalty(run.linker)) == pytest.approx(1.5 * expected, rel=1e-5)
+
+
+def test_a_recorded_seed_is_reproduced_live_and_runs_merge(tmp_path, monkeypatch):
+    from kfac_tutorial.experiments import merge_recorded, reproduce_recorded, run_seeds
+
+    monkeypatch.delenv("KFAC_RESULTS_CACHE", raising=False)
+    profile = get_profile("cnn", "test")
+    main_run = run_seeds("cnn", TASKS, ["finetune", "kfac"], profile, [0, 1], progress=False)
+    base = run_seeds("cnn", TASKS, ["finetune", "frozen"], profile, [0, 1], progress=False)
+    merged = merge_recorded(main_run, base, n_boot=100)
+    assert list(merged["methods"]) == ["finetune", "kfac", "frozen"]
+    assert merged["methods"]["frozen"]["seeds"][1] == base["methods"]["frozen"]["seeds"][1]
+    live, check = reproduce_recorded(merged, ["finetune", "kfac", "frozen"], profile, seed=1, progress=False)
+    assert check["reproduced"] and check["max_mentions"] == {"finetune": 0, "kfac": 0, "frozen": 0}
+    assert [s["lambda"] for s in live["methods"]["kfac"]["sweep"]] == [merged["methods"]["kfac"]["seeds"][1]["lambda"]]
+    with pytest.raises(ValueError, match="differs from the recorded"):
+        reproduce_recorded(merged, ["finetune"], profile.with_overrides(epochs=1), progress=False)
+    tampered = json.loads(json.dumps(merged))
+    tampered["methods"]["kfac"]["seeds"][1]["accuracy_matrix"][1][0] += 0.5  # 6 of 12 mentions
+    from kfac_tutorial.experiments import reproduction_check
+    bad = reproduction_check(live, tampered, ["kfac"])
+    assert not bad["reproduced"] and bad["max_mentions"]["kfac"] == 6
+
+
+def test_chapter_settings_check_the_parameters_in_one_call():
+    from kfac_tutorial.experiments import chapter_settings
+
+    s = chapter_settings("cnn", "cpu", "diseases,drugs", None, "3")
+    assert s.tasks == ["diseases", "drugs"] and s.seed == 3 and s.profile.name == "cpu"
+    for kwargs, msg in ((dict(profile="gpu"), "PROFILE"), (dict(tasks="diseases,genes"), "genes"),
+                        (dict(tasks="diseases"), "two distinct"), (dict(methods="ewc,kfac"), "finetune")):
+        args = {"profile": "cpu", "tasks": None, "methods": None, **kwargs}
+        with pytest.raises(ValueError, match=msg):
+            chapter_settings("cnn", args["profile"], args["tasks"], args["methods"])

@@ -12,8 +12,9 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["REPOSITORY_RAW", "benchmark_tables", "methods_table", "read_recorded", "read_results", "sweep_table",
-           "write_json_atomic"]
+__all__ = ["REPOSITORY_RAW", "benchmark_tables", "comparisons_table", "evidence_table", "format_interval",
+           "frontier_table", "methods_table", "read_recorded", "read_results", "reproduction_check",
+           "sweep_table", "write_json_atomic"]
 
 #: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand.
 REPOSITORY_RAW = "https://raw.githubusercontent.com/kfac-tutorial/kfac-tutorial/main"
@@ -51,7 +52,7 @@ def read_results(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-_METHOD_ORDER = ("finetune", "ewc", "kfac", "ewc_online", "kfac_online", "joint")
+_METHOD_ORDER = ("finetune", "ewc", "kfac", "ewc_online", "kfac_online", "l2", "frozen", "joint")
 
 
 def _ordered(results: dict) -> list[str]:
@@ -178,3 +179,101 @@ def benchmark_tables(results: dict) -> dict:
             "growth_length": pd.DataFrame(growth.get("sequence_length", [])),
             "growth_vocabulary": pd.DataFrame(growth.get("vocabulary", [])),
             "growth_tasks": pd.DataFrame(growth.get("tasks", []))}
+
+
+# -- several seeds ------------------------------------------------------------------------------
+
+def format_interval(mean, ci, fmt: str = "{:.1%}") -> str:
+    """``0.5, [0.4, 0.6]`` → ``"50.0% [40.0%, 60.0%]"``; ``–`` for a missing value."""
+    if mean is None:
+        return "–"
+    if ci is None or ci[0] is None:
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def evidence_table(results: dict):
+    """One row per method of a multi-seed results dict: each metric's mean over seeds
+    with its 95% interval (formatted for reading) and the λ each seed chose on dev."""
+    import pandas as pd
+
+    rows = {}
+    for m in _ordered(results):
+        e = results["methods"][m]
+        if "mean" not in e:
+            continue
+        mean, ci = e["mean"], e["ci95"]
+        rows[m] = {
+            "forgetting reduction": format_interval(mean.get("forgetting_reduction"), ci.get("forgetting_reduction"), "{:.0%}"),
+            "avg forgetting": format_interval(mean.get("avg_forgetting"), ci.get("avg_forgetting"), "{:.3f}"),
+            "plasticity": format_interval(mean.get("plasticity"), ci.get("plasticity"), "{:.3f}"),
+            "final avg accuracy": format_interval(mean.get("final_avg_accuracy"), ci.get("final_avg_accuracy"), "{:.3f}"),
+            "λ per seed (dev)": ", ".join(f"{s['lambda']:g}" for s in e["seeds"]) if "sweep" in e else "–",
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table
+
+
+def comparisons_table(results: dict, metric: str | None = "forgetting_reduction",
+                      pairs=None):
+    """The ``comparisons`` of a multi-seed results dict as a table: ``a − b``, its 95%
+    interval and the verdict (``tie`` exactly when the interval contains 0), for
+    ``metric`` (None: every metric) and ``pairs`` (default: all)."""
+    import pandas as pd
+
+    fmt = "{:+.1%}" if metric == "forgetting_reduction" else "{:+.3f}"
+    rows = []
+    for c in results.get("comparisons", []):
+        if metric is not None and c["metric"] != metric:
+            continue
+        if pairs is not None and (c["a"], c["b"]) not in pairs:
+            continue
+        rows.append({"a − b": f"{c['a']} − {c['b']}", "metric": c["metric"],
+                     "difference [95% interval]": format_interval(c["diff"], c["ci95"], fmt),
+                     "verdict": c["verdict"]})
+    return pd.DataFrame(rows).set_index("a − b") if rows else pd.DataFrame()
+
+
+def frontier_table(results: dict):
+    """The ``frontier_comparisons``: forgetting of two methods at the plasticity of one
+    method's dev-chosen run, interpolated along each one's λ frontier, their difference
+    with its 95% interval and the verdict (lower forgetting wins)."""
+    import pandas as pd
+
+    rows = []
+    for c in results.get("frontier_comparisons", []):
+        rows.append({"a − b": f"{c['a']} − {c['b']}", "matched to": c["matched_to"],
+                     "plasticity": f"{c['plasticity']:.3f}" if c["plasticity"] is not None else "–",
+                     f"forgetting a": f"{c['forgetting'][c['a']]:.3f}" if c["forgetting"][c["a"]] is not None else "–",
+                     f"forgetting b": f"{c['forgetting'][c['b']]:.3f}" if c["forgetting"][c["b"]] is not None else "–",
+                     "a − b [95% interval]": format_interval(c["diff"], c["ci95"], "{:+.3f}"),
+                     "verdict": c["verdict"], "draws covered": f"{c['coverage']:.0%}"})
+    return pd.DataFrame(rows).set_index(["a − b", "matched to"]) if rows else pd.DataFrame()
+
+
+def reproduction_check(live: dict, recorded: dict, methods, tolerance_mentions: int = 3) -> dict:
+    """Does a live run reproduce the recorded run of the same seed? For every method in
+    ``methods`` and every accuracy ``R[t][k]``, the difference in test mentions
+    (``|Δacc| × n_k``) between ``live`` and the recorded seed (``recorded``'s per-seed
+    entry whose ``seed`` equals ``live["seed"]``). Returns ``{"max_mentions": {method:
+    int}, "tolerance_mentions", "reproduced": bool}``: reproduced when no accuracy
+    differs by more than ``tolerance_mentions`` test mentions (float noise: a thread
+    count or a summation order can flip a prediction at a near-tie)."""
+    from .seeds import seed_runs
+
+    runs = {r["seed"]: r for r in seed_runs(recorded)}
+    if live["seed"] not in runs:
+        raise KeyError(f"seed {live['seed']} is not recorded; recorded seeds: {sorted(runs)}")
+    rec = runs[live["seed"]]
+    sizes = [live["examples"][t]["test"] for t in live["tasks"]]
+    if [rec["examples"][t]["test"] for t in rec["tasks"]] != sizes:
+        raise ValueError("the live run's test sets differ from the recorded ones (another profile or data version)")
+    worst = {}
+    for m in methods:
+        a, b = live["methods"][m]["accuracy_matrix"], rec["methods"][m]["accuracy_matrix"]
+        diffs = [abs(x - y) * sizes[k] for ra, rb in zip(a, b) for k, (x, y) in enumerate(zip(ra, rb))
+                 if x is not None and y is not None]
+        worst[m] = int(round(max(diffs)))
+    return {"max_mentions": worst, "tolerance_mentions": tolerance_mentions,
+            "reproduced": all(v <= tolerance_mentions for v in worst.values())}
