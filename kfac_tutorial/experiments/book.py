@@ -15,7 +15,7 @@ from .methods import METHODS, method_spec
 from .profiles import EVIDENCE_TASKS, Profile, get_profile
 from .results import reproduction_check
 
-__all__ = ["BOOK_PROFILES", "ChapterSettings", "chapter_settings", "reproduce_recorded"]
+__all__ = ["BOOK_PROFILES", "ChapterSettings", "chapter_settings", "evidence_for", "reproduce_recorded"]
 
 BOOK_PROFILES = ("ci", "cpu", "full")
 
@@ -96,3 +96,22 @@ def reproduce_recorded(recorded: dict, methods: Sequence[str], profile: Profile,
     live = run_or_load(recorded["model"], recorded["tasks"], list(methods), live_profile, seed=seed,
                        progress=progress)
     return live, reproduction_check(live, recorded, methods, tolerance_mentions)
+
+
+def evidence_for(settings: ChapterSettings, recorded_path: str, progress: bool = True) -> tuple[dict, bool]:
+    """The multi-seed comparison a chapter shows: the recorded file (``read_recorded``)
+    when the chapter runs the recorded profile, tasks and methods, else (another profile,
+    task order or method list, e.g. via papermill) one live run of ``settings.seed``
+    (intervals then over test mentions only). Returns ``(results, recorded?)``."""
+    from .results import read_recorded
+    from .seeds import run_seeds
+
+    try:
+        rec = read_recorded(recorded_path)
+    except FileNotFoundError:
+        rec = None
+    if (rec is not None and rec["profile"] == settings.profile.name and rec["tasks"] == settings.tasks
+            and set(settings.methods) <= set(rec["methods"])):
+        return rec, True
+    return run_seeds(settings.model, settings.tasks, settings.methods, settings.profile, [settings.seed],
+                     progress=progress), False

@@ -113,13 +113,13 @@ _PROFILES: dict[tuple[str, str], Profile] = {
         linker={"freeze_embeddings": True},
     ),
     ("cnn", "cpu"): Profile(
-        "cpu", max_concepts=_CPU_CNN_CONCEPTS, max_train_per_concept=2, max_eval=1000, epochs=6,
+        "cpu", max_concepts=_CPU_CNN_CONCEPTS, max_train_per_concept=2, max_eval=1000, epochs=4,
         batch_size=32, lr=2e-3, head_lr=2e-3, max_length=40,
         lambdas={"ewc": (1e3, 1e4, 1e5), "kfac": (1e3, 1e4, 1e5), "l2": (1e-3, 1e-2, 1e-1)},
         mc_samples=8, fisher_examples=256, weight_sharing="expand", split_fractions=(0.3, 0.3),
     ),
     ("bert", "cpu"): Profile(
-        "cpu", max_concepts=_CPU_BERT_CONCEPTS, max_train_per_concept=2, max_eval=600, epochs=3,
+        "cpu", max_concepts=_CPU_BERT_CONCEPTS, max_train_per_concept=2, max_eval=600, epochs=2,
         batch_size=32, lr=5e-5, head_lr=2e-3, max_length=16,
         lambdas={"ewc": (1e3, 1e4, 1e5), "kfac": (1e3, 1e4, 1e5), "l2": (1e-3, 1e-2, 1e-1)},
         fisher_examples=256, linker={"freeze_embeddings": True}, split_fractions=(0.3, 0.3),

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["REPOSITORY_RAW", "benchmark_tables", "comparisons_table", "evidence_table", "format_interval",
-           "frontier_table", "methods_table", "read_recorded", "read_results", "reproduction_check",
+           "frontier_sentence", "frontier_table", "methods_table", "verdict_sentence", "read_recorded", "read_results", "reproduction_check",
            "sweep_table", "write_json_atomic"]
 
 #: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand.
@@ -277,3 +277,55 @@ def reproduction_check(live: dict, recorded: dict, methods, tolerance_mentions: 
         worst[m] = int(round(max(diffs)))
     return {"max_mentions": worst, "tolerance_mentions": tolerance_mentions,
             "reproduced": all(v <= tolerance_mentions for v in worst.values())}
+
+
+_WORDS = {
+    "forgetting_reduction": ("reduction of forgetting", "reduces forgetting more than", "{:+.1%}"),
+    "avg_forgetting": ("average forgetting", "forgets less than", "{:+.3f}"),
+    "plasticity": ("plasticity", "is more plastic than", "{:+.3f}"),
+    "final_avg_accuracy": ("final average accuracy", "ends with a higher final average accuracy than", "{:+.3f}"),
+}
+
+
+def _label(m: str) -> str:
+    from ..plots import METHOD_LABELS
+
+    return METHOD_LABELS.get(m, m)
+
+
+def verdict_sentence(results: dict, a: str, b: str, metric: str = "forgetting_reduction") -> str:
+    """One sentence for the book: the verdict of ``a`` vs ``b`` on ``metric`` from the
+    results' ``comparisons`` (never re-decided here), with the difference and interval."""
+    found = [c for c in results.get("comparisons", []) if c["metric"] == metric
+             and {c["a"], c["b"]} == {a, b}]
+    if not found:
+        return f"({_label(a)} vs {_label(b)}: not in these results.)"
+    c = found[0]
+    words, better, fmt = _WORDS[metric]
+    n = len(results.get("seeds", [0]))
+    diff = f"{_label(c['a'])} − {_label(c['b'])} = {format_interval(c['diff'], c['ci95'], fmt)}"
+    if c["verdict"] == "tie":
+        return (f"{_label(a)} and {_label(b)} cannot be told apart on {words}: {diff} "
+                f"(95% interval over {n} seeds and the test mentions), and the interval contains 0.")
+    loser = c["b"] if c["verdict"] == c["a"] else c["a"]
+    return (f"{_label(c['verdict'])} {better} {_label(loser)}: {diff} (95% interval over {n} seeds "
+            f"and the test mentions; it excludes 0).")
+
+
+def frontier_sentence(results: dict, a: str, b: str, matched_to: str) -> str:
+    """One sentence: ``a`` vs ``b`` at the plasticity of ``matched_to``'s chosen runs,
+    read off their frontiers (``frontier_comparisons``), with the verdict."""
+    found = [c for c in results.get("frontier_comparisons", [])
+             if (c["a"], c["b"], c["matched_to"]) == (a, b, matched_to)]
+    if not found:
+        return f"({_label(a)} vs {_label(b)} at matched plasticity: not in these results.)"
+    c = found[0]
+    if c["diff"] is None:
+        return (f"At the plasticity of {_label(matched_to)}'s chosen runs one of the two frontiers "
+                "does not reach: no matched reading.")
+    head = (f"At the plasticity of {_label(matched_to)}'s chosen runs ({c['plasticity']:.3f}), "
+            f"{_label(a)} forgets {c['forgetting'][a]:.3f} and {_label(b)} {c['forgetting'][b]:.3f} "
+            f"(difference {format_interval(c['diff'], c['ci95'], '{:+.3f}')})")
+    if c["verdict"] == "tie":
+        return head + ": a tie, the interval contains 0."
+    return head + f": {_label(c['verdict'])} forgets less, the interval excludes 0."
