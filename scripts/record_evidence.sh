@@ -1,39 +1,61 @@
 #!/usr/bin/env bash
 # Record the multi-seed comparison of chapters 7-9 (issue 11) in book/results/:
 #
-#   bash scripts/record_evidence.sh            # CNN then BERT, seeds 0,1,2
+#   bash scripts/record_evidence.sh            # CNN and BERT, seeds 0,1,2
 #   bash scripts/record_evidence.sh cnn        # one model
-#   SEEDS=0,1,2,3,4 bash scripts/record_evidence.sh cnn
+#   SEEDS="0 1 2 3 4" bash scripts/record_evidence.sh cnn
 #
-# Two runs per model, merged: the headline methods (finetune, ewc, kfac) first, then the
-# baselines (finetune again for their reductions, l2, frozen, joint), so that a run cut
-# short still holds the headline comparison. A method's results do not depend on the
-# other methods of its run (task 0 is shared, every later task re-seeded). Each JSON
-# records its commands, the package version and the git commit. cpu profile, offline.
-set -euo pipefail
+# One process per model and seed, in parallel (CPU-bound: on a shared machine the seeds
+# then share the cores instead of queueing). Each process runs the headline methods
+# (finetune, ewc, kfac) first, then the baselines (l2, frozen, joint), into
+# book/results/parts/; a run cut short still leaves the finished parts. The parts are then
+# merged into book/results/evidence_<model>.json (kfac_tutorial.experiments.merge_recorded:
+# a method's results do not depend on the other methods of its run, since task 0 is
+# shared and every later task re-seeded). Every file records its command, the package
+# version and the git commit. cpu profile, offline. Merge again at any time with
+#   bash scripts/record_evidence.sh --merge-only cnn
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SEEDS="${SEEDS:-0,1,2}"
+SEEDS="${SEEDS:-0 1 2}"
 TASKS="${TASKS:-phenotypes,diseases,drugs}"
 THREADS="${THREADS:-1}"
 OUT="${OUT:-book/results}"
+merge_only=0
+if [ "${1:-}" = "--merge-only" ]; then merge_only=1; shift; fi
 models=("$@")
 [ "${#models[@]}" -eq 0 ] && models=(cnn bert)
-for model in "${models[@]}"; do
+mkdir -p "$OUT/parts"
+
+one_seed() {  # model seed
     for part in main baselines; do
         methods=finetune,ewc,kfac
-        [ "$part" = baselines ] && methods=finetune,l2,frozen,joint
-        python3 -m kfac_tutorial.experiments --model "$model" --methods "$methods" --tasks "$TASKS" \
-            --profile cpu --seeds "$SEEDS" --threads "$THREADS" --no-progress \
-            --out "$OUT/evidence_${model}_${part}.json"
+        [ "$part" = baselines ] && methods=l2,frozen,joint
+        python3 -m kfac_tutorial.experiments --model "$1" --methods "$methods" --tasks "$TASKS" \
+            --profile cpu --seeds "$2" --threads "$THREADS" --no-progress \
+            --out "$OUT/parts/evidence_${1}_seed${2}_${part}.json" || return 1
     done
-    python3 - "$OUT/evidence_${model}_main.json" "$OUT/evidence_${model}_baselines.json" \
-        "$OUT/evidence_${model}.json" <<'PY'
+}
+
+if [ "$merge_only" = 0 ]; then
+    pids=()
+    for model in "${models[@]}"; do
+        for seed in $SEEDS; do
+            one_seed "$model" "$seed" > "$OUT/parts/evidence_${model}_seed${seed}.log" 2>&1 &
+            pids+=($!)
+        done
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || echo "a seed run failed (pid $pid): see $OUT/parts/*.log"; done
+fi
+for model in "${models[@]}"; do
+    python3 - "$OUT/evidence_${model}.json" "$OUT"/parts/evidence_"${model}"_seed*_*.json <<'PY'
 import sys
 from kfac_tutorial.experiments import read_results, write_json_atomic
 from kfac_tutorial.experiments.seeds import merge_recorded
-write_json_atomic(sys.argv[3], merge_recorded(*(read_results(p) for p in sys.argv[1:3])))
-print("wrote", sys.argv[3])
+parts = [read_results(p) for p in sys.argv[2:]]
+parts.sort(key=lambda r: (r["seed"], "methods" in r and "ewc" not in r["methods"]))  # main parts first
+write_json_atomic(sys.argv[1], merge_recorded(*parts))
+print("wrote", sys.argv[1], "from", len(parts), "parts")
 PY
 done

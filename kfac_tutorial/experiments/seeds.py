@@ -126,30 +126,51 @@ def seed_runs(combined: dict) -> list[dict]:
 
 
 def merge_recorded(*combined: dict, n_boot: int = N_BOOT) -> dict:
-    """One combined dict from several runs of the same tasks, profile and seeds with
-    different methods (a method's results do not depend on the other methods of its run:
-    task 0 is shared, every later task is re-seeded). A method in several inputs is taken
-    from the first. The ``command`` entries are kept as a list."""
+    """One combined dict from several runs of the same model, tasks and profile: runs of
+    other seeds are added, runs of the same seed with other methods are joined (a
+    method's results do not depend on the other methods of its run: task 0 is shared,
+    every later task re-seeded; a method in several inputs is taken from the first).
+    Reductions are recomputed against each seed's fine-tuning. The inputs' ``command``
+    and ``git_commit`` entries are kept as lists."""
+    from .harness import _add_reductions
+
     if not combined:
         raise ValueError("nothing to merge")
     first = combined[0]
     for other in combined[1:]:
-        for key in ("tasks", "profile", "model", "seeds"):
+        for key in ("tasks", "profile", "model", "setting"):
             if other.get(key) != first.get(key):
                 raise ValueError(f"cannot merge runs with different {key}: {first.get(key)} vs {other.get(key)}")
-    per_seed = [seed_runs(c) for c in combined]
+    by_seed: dict[int, dict] = {}
+    for c in combined:
+        for run in seed_runs(c):
+            have = by_seed.get(run["seed"])
+            if have is None:
+                by_seed[run["seed"]] = {**run, "methods": dict(run["methods"])}
+                continue
+            if have["examples"] != run["examples"]:
+                raise ValueError(f"seed {run['seed']}: the runs have different task sizes")
+            for m, e in run["methods"].items():
+                have["methods"].setdefault(m, e)
+            have["total_seconds"] = have.get("total_seconds", 0.0) + run.get("total_seconds", 0.0)
     runs = []
-    for i in range(len(per_seed[0])):
-        run = dict(per_seed[0][i])
-        run["methods"] = {}
-        for parts in per_seed:
-            for m, e in parts[i]["methods"].items():
-                run["methods"].setdefault(m, e)
-        run["methods"] = dict(sorted(run["methods"].items(), key=lambda kv: kv[0] != "finetune"))
-        run["total_seconds"] = sum(parts[i].get("total_seconds", 0.0) for parts in per_seed)
+    order = ("finetune", "ewc", "kfac", "ewc_online", "kfac_online", "l2", "frozen", "joint")
+    for seed in sorted(by_seed):
+        run = by_seed[seed]
+        run["methods"] = dict(sorted(run["methods"].items(),
+                                     key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        _add_reductions(run)
         runs.append(run)
     out = combine_seeds(runs, n_boot=n_boot)
-    out["command"] = [c.get("command") for c in combined]
-    out["git_commit"] = [c.get("git_commit") for c in combined]
+
+    def flat(key):
+        vals = []
+        for c in combined:
+            v = c.get(key)
+            vals += v if isinstance(v, list) else [v]
+        return list(dict.fromkeys(vals))
+
+    out["command"] = flat("command")
+    out["git_commit"] = flat("git_commit")
     out["kfac_tutorial_version"] = first.get("kfac_tutorial_version")
     return out
