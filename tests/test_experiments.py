@@ -363,6 +363,12 @@ def test_a_recorded_seed_is_reproduced_live_and_runs_merge(tmp_path, monkeypatch
     merged = merge_recorded(main_run, base, n_boot=100)
     assert list(merged["methods"]) == ["finetune", "kfac", "frozen"]
     assert merged["methods"]["frozen"]["seeds"][1] == base["methods"]["frozen"]["seeds"][1]
+    from kfac_tutorial.experiments import combine_seeds, seed_runs
+    halves = [combine_seeds([run], n_boot=50) for run in seed_runs(main_run)]
+    rejoined = merge_recorded(halves[1], halves[0], base, n_boot=100)  # seeds added, methods joined
+    assert rejoined["seeds"] == [0, 1] and list(rejoined["methods"]) == ["finetune", "kfac", "frozen"]
+    assert rejoined["methods"]["kfac"]["seeds"] == merged["methods"]["kfac"]["seeds"]
+    assert rejoined["methods"]["frozen"]["mean"] == merged["methods"]["frozen"]["mean"]
     live, check = reproduce_recorded(merged, ["finetune", "kfac", "frozen"], profile, seed=1, progress=False)
     assert check["reproduced"] and check["max_mentions"] == {"finetune": 0, "kfac": 0, "frozen": 0}
     assert [s["lambda"] for s in live["methods"]["kfac"]["sweep"]] == [merged["methods"]["kfac"]["seeds"][1]["lambda"]]
@@ -385,3 +391,29 @@ def test_chapter_settings_check_the_parameters_in_one_call():
         args = {"profile": "cpu", "tasks": None, "methods": None, **kwargs}
         with pytest.raises(ValueError, match=msg):
             chapter_settings("cnn", args["profile"], args["tasks"], args["methods"])
+
+
+def test_multi_seed_figures_and_tables(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kfac_tutorial.experiments import (comparisons_table, evidence_table, frontier_sentence, frontier_table,
+                                           run_seeds, verdict_sentence)
+
+    profile = get_profile("cnn", "test")
+    res = run_seeds("cnn", TASKS, ["finetune", "ewc", "kfac", "frozen"], profile, [0, 1], progress=False)
+    for fig in (plots.frontier_bands(res, n_boot=30), plots.interval_bars(res), plots.forgetting_split_bars(res),
+                plots.final_accuracy_over_lambda(res)):
+        assert fig.axes
+        plt.close(fig)
+    table = evidence_table(res)
+    assert list(table.index) == ["finetune", "ewc", "kfac", "frozen"]
+    assert table.loc["ewc", "λ per seed (dev)"] == ", ".join(f"{s['lambda']:g}" for s in res["methods"]["ewc"]["seeds"])
+    comps = comparisons_table(res, "forgetting_reduction", pairs=[("kfac", "ewc")])
+    c = [c for c in res["comparisons"] if (c["a"], c["b"], c["metric"]) == ("kfac", "ewc", "forgetting_reduction")][0]
+    assert comps.loc["kfac − ewc", "verdict"] == c["verdict"]
+    sentence = verdict_sentence(res, "kfac", "ewc")
+    assert ("cannot be told apart" in sentence) == (c["verdict"] == "tie")
+    assert len(frontier_table(res)) == 2 and "plasticity" in frontier_sentence(res, "kfac", "ewc", "ewc")
