@@ -49,6 +49,7 @@ if [ "$merge_only" = 0 ]; then
     for pid in "${pids[@]}"; do wait "$pid" || echo "a seed run failed (pid $pid): see $OUT/parts/*.log"; done
 fi
 for model in "${models[@]}"; do
+    compgen -G "$OUT/parts/evidence_${model}_seed*_*.json" > /dev/null || { echo "no parts for $model yet"; continue; }
     python3 - "$OUT/evidence_${model}.json" "$OUT"/parts/evidence_"${model}"_seed*_*.json <<'PY'
 import sys
 from kfac_tutorial.experiments import read_results, write_json_atomic

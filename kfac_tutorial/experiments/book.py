@@ -27,6 +27,7 @@ class ChapterSettings:
     tasks: list
     methods: list
     seed: int
+    methods_given: bool = True  # False: the book's default list (a record may hold fewer)
 
 
 def _as_list(value, default) -> list:
@@ -48,6 +49,7 @@ def chapter_settings(model: str, profile: str, tasks=None, methods=None, seed=0,
 
     if profile not in BOOK_PROFILES:
         raise ValueError(f"PROFILE={profile!r}: choose one of {list(BOOK_PROFILES)}")
+    methods_given = methods is not None
     tasks, methods, seed = _as_list(tasks, EVIDENCE_TASKS), _as_list(methods, default_methods), int(seed)
     if unknown := [t for t in tasks if t not in TASK_NAMES]:
         raise ValueError(f"unknown task(s) {unknown}; valid: {list(TASK_NAMES)}")
@@ -57,7 +59,8 @@ def chapter_settings(model: str, profile: str, tasks=None, methods=None, seed=0,
         raise ValueError(f"unknown method(s) {unknown}; valid: {list(METHODS)}")
     if "finetune" not in methods or len(set(methods)) != len(methods):
         raise ValueError(f"METHODS must list 'finetune' (the baseline) and no method twice, got {methods}")
-    return ChapterSettings(model, get_profile(model, profile), tasks, methods, seed)
+    return ChapterSettings(model, get_profile(model, profile), tasks, methods, seed,
+                           methods_given=methods_given)
 
 
 def reproduce_recorded(recorded: dict, methods: Sequence[str], profile: Profile,
@@ -102,7 +105,9 @@ def evidence_for(settings: ChapterSettings, recorded_path: str, progress: bool =
     """The multi-seed comparison a chapter shows: the recorded file (``read_recorded``)
     when the chapter runs the recorded profile, tasks and methods, else (another profile,
     task order or method list, e.g. via papermill) one live run of ``settings.seed``
-    (intervals then over test mentions only). Returns ``(results, recorded?)``."""
+    (intervals then over test mentions only). With the default method list the record is
+    used whatever methods it holds (a recording cut short may lack the baselines).
+    Returns ``(results, recorded?)``."""
     from .results import read_recorded
     from .seeds import run_seeds
 
@@ -111,7 +116,8 @@ def evidence_for(settings: ChapterSettings, recorded_path: str, progress: bool =
     except FileNotFoundError:
         rec = None
     if (rec is not None and rec["profile"] == settings.profile.name and rec["tasks"] == settings.tasks
-            and set(settings.methods) <= set(rec["methods"])):
+            and "finetune" in rec["methods"]
+            and (not settings.methods_given or set(settings.methods) <= set(rec["methods"]))):
         return rec, True
     return run_seeds(settings.model, settings.tasks, settings.methods, settings.profile, [settings.seed],
                      progress=progress), False
