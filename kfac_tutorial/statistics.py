@@ -213,7 +213,8 @@ def compare(boot: dict, pairs: Sequence[tuple[str, str]] | None = None,
     """``[{"a", "b", "metric", "diff", "ci95", "verdict"}, ...]``: ``diff`` = mean over
     seeds of ``a − b`` (per seed, paired), ``ci95`` its paired bootstrap interval and
     ``verdict`` from :func:`verdict`. ``pairs`` default: every pair of methods (in the
-    order of the run), at least (kfac, ewc) first when both are there."""
+    order of the run), at least (kfac, ewc) first when both are there. A metric undefined
+    for a method (fine-tuning's own reduction) gives no entry."""
     methods = list(boot["points"])
     if pairs is None:
         pairs = [(a, b) for a, b in combinations(methods, 2)]
@@ -222,6 +223,8 @@ def compare(boot: dict, pairs: Sequence[tuple[str, str]] | None = None,
     out = []
     for a, b in pairs:
         for metric in metrics:
+            if not (np.isfinite(boot["points"][a][metric]).any() and np.isfinite(boot["points"][b][metric]).any()):
+                continue  # undefined for a method (fine-tuning's reduction of its own forgetting)
             diff_points = boot["points"][a][metric] - boot["points"][b][metric]
             diff_draws = boot["draws"][a][metric] - boot["draws"][b][metric]
             ci = _interval(diff_draws)
