@@ -298,6 +298,25 @@ def _layer_view(module, x, jac, out_ndim):
         a = a.reshape(L, t_out, cin * k)
         # output (L, C_out, T_out) -> (L, T_out, C_out)
         g = jac.reshape(*lead, L, module.out_channels, t_out).transpose(-1, -2)
+    elif isinstance(module, nn.Conv2d):
+        assert module.groups == 1
+        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+        ph, pw = module.padding
+        xp = nn.functional.pad(x, (pw, pw, ph, ph))
+        L, cin, hp, wp = xp.shape
+        h_out, w_out = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        a = torch.zeros(L, h_out, w_out, cin, kh, kw, dtype=x.dtype)
+        for i in range(h_out):
+            for j in range(w_out):
+                for u in range(kh):
+                    for v in range(kw):
+                        a[:, i, j, :, u, v] = xp[:, :, i * sh + u * dh, j * sw + v * dw]
+        a = a.reshape(L, h_out * w_out, cin * kh * kw)
+        g = jac.reshape(*lead, L, module.out_channels, h_out * w_out).transpose(-1, -2)
+    elif type(module).__name__ == "Conv1D":  # Hugging Face: y = x W + b, W (d_in, d_out)
+        L, d_in = x.shape[0], x.shape[-1]
+        a = x.reshape(L, -1, d_in)
+        g = jac.reshape(*lead, L, a.shape[1], module.weight.shape[1])
     elif isinstance(module, nn.Embedding):
         L = x.shape[0]
         a = nn.functional.one_hot(x.reshape(L, -1), module.num_embeddings).to(jac.dtype)
