@@ -243,7 +243,7 @@ def growth(repeats, quick):
     g = torch.Generator().manual_seed(0)
     for K in ((1, 2, 4) if quick else (1, 2, 4, 8)):
         terms = []
-        for k in range(K):  # K tasks: same factors, anchors moved a little (timing and bytes only)
+        for _ in range(K):  # K tasks: same factors, anchors moved a little (timing and bytes only)
             anchor = {n: a + 1e-3 * torch.randn(a.shape, generator=g).to(a.device) for n, a in kfac.anchor.items()}
             terms.append(kt.KFAC(anchor, kfac.diagonal, kfac.factors, info=kfac.info))
         total = sum(terms)

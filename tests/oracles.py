@@ -116,30 +116,19 @@ def output_fisher_vectors(logits_n, target_n, fisher: str, likelihood: str):
 
 
 def fisher_dense(model, batches, fisher="exact", likelihood="categorical"):
-    """Dense (P, P) mean per-example Fisher (exact or empirical)."""
-    P = num_params(model)
-    F = torch.zeros(P, P, dtype=torch.float64)
-    n_total = 0
+    """Dense (P, P) mean per-example Fisher (exact or empirical): the book's one brute
+    force, :func:`kfac_tutorial.theory.dense_fisher` (``torch.func`` Jacobians of each
+    whole batch; independent of :mod:`kfac_tutorial.curvature`), averaged over batches
+    with their sizes as weights."""
+    from kfac_tutorial.theory import dense_fisher
+
+    total, n_total = None, 0
     for inputs, targets in batches:
-        logits, jac = batch_jacobian(model, inputs)
-        for n in range(logits.shape[0]):
-            lg, jn = _per_position(logits[n], jac[n])  # (T, C), (T, C, P)
-            if fisher == "exact" and likelihood == "categorical":
-                # direct formula Σ_t J_tᵀ (diag p_t − p_t p_tᵀ) J_t
-                for t in range(lg.shape[0]):
-                    p = lg[t].softmax(-1)
-                    H = torch.diag(p) - torch.outer(p, p)
-                    F += jn[t].T @ H @ jn[t]
-            elif fisher == "exact" and likelihood == "gaussian":
-                for t in range(lg.shape[0]):
-                    F += jn[t].T @ jn[t]
-            else:
-                V, w = output_fisher_vectors(lg, targets[n], fisher, likelihood)
-                for v, wk in zip(V, w):
-                    u = torch.einsum("tc,tcp->p", v, jn)
-                    F += wk * torch.outer(u, u)
-            n_total += 1
-    return F / n_total
+        n = (inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))).shape[0]
+        F = n * dense_fisher(model, inputs, targets, fisher=fisher, likelihood=likelihood)
+        total = F if total is None else total + F
+        n_total += n
+    return total / n_total
 
 
 def per_example_loss_grads(model, batches, likelihood="categorical"):

@@ -12,7 +12,6 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 import kfac_tutorial as kt
 from cases import LAYER_CASES

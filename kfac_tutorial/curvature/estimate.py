@@ -46,9 +46,16 @@ from .accumulate import Accumulator, WeightSharing, symmetrized
 from .capture import CallRecorder
 from .factors import LayerFactors
 from .flavours import IGNORE_INDEX, FisherType, Likelihood, backprop_vectors
-from .model_io import batch_size_of, call_model, has_non_finite, logits_of, takes_keywords, to_device
+from .model_io import batch_size_of, has_non_finite, logits_of, takes_keywords, to_device
 from .plan import Plan
-from .probes import _PROBE_CACHE, clear_probe_cache, model_cache, prepare_calls, structure_key, unexplained_parameters
+from .probes import (  # noqa: F401  (_PROBE_CACHE re-exported from its former home)
+    _PROBE_CACHE,
+    clear_probe_cache,
+    model_cache,
+    prepare_calls,
+    structure_key,
+    unexplained_parameters,
+)
 
 __all__ = ["DiagonalFallbackWarning", "Estimate", "LayerFactors", "WeightSharing", "clear_probe_cache", "estimate"]
 
@@ -137,17 +144,9 @@ def estimate(
                     keywords = takes_keywords(model, inputs)
                 examples = batch_size_of(inputs)
 
-                def forward() -> Tensor:
-                    recorder.reset()
-                    recorder.batch_size = examples
-                    if isinstance(inputs, dict) and isinstance(inputs.get("attention_mask"), Tensor):
-                        recorder.push_mask(inputs["attention_mask"])
-                    with torch.enable_grad():
-                        return logits_fn(model, inputs)
-
-                outputs = forward()
+                outputs = _forward(model, inputs, examples, recorder, logits_fn)
                 if batch_index == 0 and recorder.expanded:
-                    outputs = _check_broadcast(model, inputs, outputs, recorder, cache, forward, logits_fn)
+                    outputs = _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_fn)
                 _check_batch(batch_index, inputs, outputs, targets, likelihood, examples)
                 batch_size = outputs.shape[0]
                 calls = recorder.calls
@@ -193,7 +192,17 @@ def estimate(
     return Estimate(num_examples=num_examples, factors=factors, diagonal=diagonal)
 
 
-def _check_broadcast(model, inputs, outputs, recorder, cache, forward, logits_fn) -> Tensor:
+def _forward(model: nn.Module, inputs, examples: int, recorder: CallRecorder, logits_fn) -> Tensor:
+    """One recorded forward pass: the logits, still attached to the graph."""
+    recorder.reset()
+    recorder.batch_size = examples
+    if isinstance(inputs, dict) and isinstance(inputs.get("attention_mask"), Tensor):
+        recorder.push_mask(inputs["attention_mask"])
+    with torch.enable_grad():
+        return logits_fn(model, inputs)
+
+
+def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_fn) -> Tensor:
     """Verify once per model that expanding broadcast calls leaves the logits unchanged;
     if not, switch the expansion off and run the forward pass again."""
     key = ("broadcast", tuple((n, id(p)) for n, p in model.named_parameters()),
@@ -213,7 +222,7 @@ def _check_broadcast(model, inputs, outputs, recorder, cache, forward, logits_fn
     if ok:
         return outputs
     recorder.broadcast = False
-    return forward()
+    return _forward(model, inputs, examples, recorder, logits_fn)
 
 
 def _report_fallback(plan: Plan, strict: bool) -> None:
