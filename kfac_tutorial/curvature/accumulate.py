@@ -158,8 +158,9 @@ class Accumulator:
             if name in plan.kronecker:
                 ga = g.to(acc_dtype)
                 if self._sharing(p.rule) == WeightSharing.EXPAND:
-                    gm = ga * p.mask.unsqueeze(-1) if p.mask is not None else ga
-                    self.G[name] = self.G.get(name, 0) + w * torch.einsum("bpo,bpq->oq", gm, ga)
+                    mask = p.mask if p.mask is None or p.mask.shape[0] == ga.shape[0] else p.mask.expand(ga.shape[0], -1)
+                    gv = (ga[mask] if mask is not None else ga).reshape(-1, ga.shape[-1])  # valid positions
+                    self.G[name] = self.G.get(name, 0) + w * (gv.T @ gv)
                 else:
                     s = ga.sum(1) if p.mask is None else torch.einsum("bp,bpo->bo", p.mask.to(acc_dtype), ga)
                     ghat[name] = ghat[name] + s if name in ghat else s

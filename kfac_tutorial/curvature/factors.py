@@ -89,11 +89,14 @@ class LayerFactors:
 
     @classmethod
     def input_moment(cls, a: Tensor, valid: Tensor, has_bias: bool, dtype: torch.dtype, weight_shape: tuple) -> Tensor:
-        """``Σ_{valid (r, p)} ā āᵀ`` over ``a``: ``(rows, P, d_in)``, ``ā = [a, 1]`` with a bias."""
-        a = a.to(dtype)
+        """``Σ_{valid (r, p)} ā āᵀ`` over ``a``: ``(rows, P, d_in)``, ``ā = [a, 1]`` with a bias.
+
+        One matrix product over the valid positions only (padding rows are never copied
+        or multiplied)."""
+        a = a[valid].to(dtype)  # (valid positions, d_in)
         if has_bias:
-            a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-        return torch.einsum("rpi,rpj->ij", a * valid.unsqueeze(-1), a)
+            a = torch.cat([a, torch.ones_like(a[:, :1])], dim=-1)
+        return a.T @ a
 
     # -- the penalty ------------------------------------------------------------------------
     @staticmethod
