@@ -165,12 +165,12 @@ def state_bytes(kfac, model, tmpdir: Path, tag: str):
     pbytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     modules = dict(model.named_modules())
 
-    def kind(row) -> str:
-        if row["storage"] != "kronecker":
+    def kind(row) -> str:  # the rule's kind (``linear``, ``embedding``, ...), as chapter 11 reads it
+        f = kfac.factors.get(row["module"])
+        if f is None:
             return "diagonal (LayerNorm, ...)"
-        w = getattr(modules.get(row["module"]), "weight", None)
-        ffn = row["layer_type"] == "Linear" and w is not None and max(w.shape) > 2 * min(w.shape)
-        return "FFN Linear" if ffn else row["layer_type"]
+        w = modules[row["module"]].weight
+        return "FFN Linear" if f.kind == "linear" and max(w.shape) > 2 * min(w.shape) else f.kind
 
     by_kind = {}
     for k, group in report[report["curvature_bytes"] > 0].groupby(report.apply(kind, axis=1)):
