@@ -11,4 +11,8 @@ bash scripts/setup.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KFAC_PROFILE=${KFAC_PROFILE:-cpu}
 unset MPLBACKEND
-jupyter-book build . -W -n --keep-going
+# experiments shared by several chapters (7, 8 and 10) are trained once per build
+export KFAC_RESULTS_CACHE="${KFAC_RESULTS_CACHE:-$(mktemp -d)}"
+mkdir -p _build && jupyter-book build . -W -n --keep-going 2>&1 | tee _build/build_log.txt
+echo "[build_book] each chapter's time is in _build/build_log.txt; to put the times in the chapters' banners:"
+echo "            python3 scripts/record_run_times.py _build/build_log.txt"

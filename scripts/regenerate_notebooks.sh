@@ -46,7 +46,7 @@ for path in sys.argv[1:]:
     times.setdefault(Path(path).stem, {})["cpu"] = {
         "seconds": round(seconds), "machine": f"{os.cpu_count()} CPU cores",
         "date": datetime.date.today().isoformat(),
-        "note": "scripts/regenerate_notebooks.sh; shared experiments cached within one run"}
+        "source": "scripts/regenerate_notebooks.sh"}
     times_file.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n")
 PYEOF
 python3 scripts/sync_chapter_headers.py "$@"

@@ -35,7 +35,7 @@ from kfac_tutorial import _release  # noqa: E402
 
 RUN_TIMES = ROOT / "book" / "run_times.json"
 BADGE_PREFIX = "[![Open in Colab]"
-BANNER_PREFIX = "> **Profile and run time.**"
+BANNER_PREFIX = "> **Profile"
 INSTALL_MARKER = "# Set-up: runs only on Colab."
 GLUE_IMPORT = "from myst_nb import glue"
 GLUE_FALLBACK = "from kfac_tutorial.book import glue"
@@ -57,29 +57,28 @@ def banner(stem: str, run_times: dict) -> str:
     """The banner line: profile and measured run time of chapter ``stem``."""
     rec = run_times.get(stem, {})
     cpu = rec.get("cpu")
-    cpu_text = (f"about {_duration(cpu['seconds'])} in the `cpu` profile on {cpu['machine']} ({cpu['date']})"
-                if cpu else "run time in the `cpu` profile not measured yet")
     gpu = rec.get("colab_gpu")
-    gpu_text = (f"about {_duration(gpu['seconds'])} in the `{gpu['profile']}` profile on {gpu['machine']}"
-                if gpu else "on a Colab GPU: not recorded")
-    return (f"{BANNER_PREFIX} This page was executed in the `cpu` profile (set `KFAC_PROFILE` or "
-            f"`papermill -p PROFILE ci|cpu|full`); {cpu_text}; {gpu_text}.")
+    measured = (f"**Profile `cpu`: about {_duration(cpu['seconds'])} on {cpu['machine']}** (measured {cpu['date']}, "
+                f"{cpu.get('source', 'scripts/regenerate_notebooks.sh')})" if cpu else "**Profile `cpu`** (run time not measured yet)")
+    colab = (f"about {_duration(gpu['seconds'])} in the `{gpu['profile']}` profile on {gpu['machine']}"
+             if gpu else "on a Colab GPU: not recorded")
+    return (f"{BANNER_PREFIX}{measured[len('**Profile'):]}; {colab}. Other sizes: `KFAC_PROFILE=ci|full`, or "
+            f"`papermill … -p PROFILE full` (chapter 10).")
 
 
 def install_cell() -> str:
     """The source of every chapter's first code cell."""
     return f'''{INSTALL_MARKER} Installs this book's helper package at release
 # {_release.RELEASE} (the code this chapter was written against) from {_release.REPOSITORY};
-# Colab's own torch is named in the same command, so pip keeps it. Written by
-# scripts/sync_chapter_headers.py from kfac_tutorial/_release.py.
+# Colab's own torch is named in the same command (not imported: numpy may not be there
+# yet), so pip keeps it. Written by scripts/sync_chapter_headers.py from _release.py.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from importlib.metadata import version
 
-    import torch
-
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"torch=={{torch.__version__}}",
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"torch=={{version('torch')}}",
                     "{_release.INSTALL_TARGET}"], check=True)'''
 
 
