@@ -129,3 +129,17 @@ def test_chapter_runs_in_a_colab_like_environment(colab_like, stem, monkeypatch)
     assert torch_version == colab_like["torch"], "the install cell replaced the environment's torch"
     assert Path(package_file).resolve().is_relative_to(colab_like["base"] / "venv"), package_file
     assert no_myst == "True", "myst_nb is installed: the glue fallback was not exercised"
+
+
+def test_glue_falls_back_to_display_without_myst_nb(monkeypatch):
+    import IPython.display
+
+    from kfac_tutorial import book
+
+    shown = []
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # import myst_nb now raises ImportError, as on Colab
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    book.glue("answer", 42)
+    book.glue("hidden", 7, display=False)
+    assert shown == [42]
+    assert book.GLUED["answer"] == 42 and book.GLUED["hidden"] == 7
