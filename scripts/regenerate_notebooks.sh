@@ -44,7 +44,7 @@ for path in sys.argv[1:]:
     print(f"{path}: executed in {seconds:.0f} s (profile cpu)", flush=True)
     times = json.loads(times_file.read_text()) if times_file.is_file() else {}
     times.setdefault(Path(path).stem, {})["cpu"] = {
-        "seconds": round(seconds), "machine": f"{os.cpu_count()} CPU cores",
+        "seconds": round(seconds), "machine": f"{os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.0f})",
         "date": datetime.date.today().isoformat(),
         "source": "scripts/regenerate_notebooks.sh"}
     times_file.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n")
