@@ -15,8 +15,9 @@ from pathlib import Path
 __all__ = ["REPOSITORY_RAW", "benchmark_tables", "methods_table", "read_recorded", "read_results", "sweep_table",
            "write_json_atomic"]
 
-#: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand.
-REPOSITORY_RAW = "https://raw.githubusercontent.com/kfac-tutorial/kfac-tutorial/main"
+#: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand: the
+#: pinned release the chapters install (kfac_tutorial._release), never a moving branch.
+from .._release import RAW_URL as REPOSITORY_RAW  # noqa: E402
 
 
 def _finite(obj):
