@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -30,16 +29,24 @@ import torch
 import kfac_tutorial as kt
 from kfac_tutorial.experiments.cost import penalised_step, time_penalty_steps
 
-from . import workloads as _workloads
+from kfac_tutorial.curvature import memory_report
+
 from .measure import measure as _measure
 from .peers import RUNNERS, only_linear, versions
-from .workloads import workload
+from .workloads import workload as _workload
 
 HERE = Path(__file__).resolve().parent
+DEVICE = torch.device("cpu")  # replaced by main() from --device, read by the two helpers below
 
 
 def measure(fn, repeats):
-    return _measure(fn, repeats, _workloads.DEVICE)
+    """The one timer (:func:`benchmarks.measure.measure`) on the run's device."""
+    return _measure(fn, repeats, DEVICE)
+
+
+def workload(name: str, **kw):
+    """A workload on the run's device."""
+    return _workload(name, device=DEVICE, **kw)
 
 
 def machine() -> str:
@@ -52,13 +59,13 @@ def machine() -> str:
     except OSError:
         pass
     text = f"{os.cpu_count()} CPU cores ({cpu}), torch threads {torch.get_num_threads()}"
-    if _workloads.DEVICE.type == "cuda":
-        text = f"{torch.cuda.get_device_name(_workloads.DEVICE)} (CUDA {torch.version.cuda}); " + text
+    if DEVICE.type == "cuda":
+        text = f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda}); " + text
     return text
 
 
 # -- 1. estimation ----------------------------------------------------------------------
-def estimation(names, repeats, workload_kw):
+def estimation(names, repeats, workload_kw, skip=()):
     rows = []
     for name in names:
         w = workload(name, **workload_kw.get(name, {}))
@@ -68,9 +75,7 @@ def estimation(names, repeats, workload_kw):
                 for method, runner in RUNNERS.items():
                     if variant == "linear" and method.startswith(("nngeometry diag", "laplace diag", "backpack Diag", "ours EWC")):
                         continue
-                    if method == "laplace diag":
-                        rows.append({"workload": w.name, "variant": variant, "method": method, "ok": False,
-                                     "error": "skipped: killed by the kernel OOM killer (BERT models >20 GB resident; the CNN linker in the 2026-11-26 run)"})
+                    if method in skip:
                         continue
                     try:
                         fn = runner(w, variant)
@@ -154,24 +159,29 @@ def training_step(repeats, examples, name="minilm"):
 
 # -- 3. state bytes ---------------------------------------------------------------------
 def state_bytes(kfac, model, tmpdir: Path, tag: str):
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    pbytes = sum(p.numel() * p.element_size() for p in params.values())
+    """State bytes against parameter bytes, overall and per layer kind, from
+    :func:`kfac_tutorial.curvature.memory_report` (the package's one memory accounting)."""
+    report = memory_report(kfac, model)
+    pbytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     modules = dict(model.named_modules())
-    by_kind = defaultdict(lambda: {"parameter_bytes": 0, "state_bytes": 0})
-    for name, f in kfac.factors.items():
-        kind = "FFN Linear" if f.kind == "linear" and max(modules[name].weight.shape) > 2 * min(modules[name].weight.shape) else f.kind
-        by_kind[kind]["parameter_bytes"] += sum(p.numel() * p.element_size() for p in modules[name].parameters() if p.requires_grad)
-        by_kind[kind]["state_bytes"] += f.A.numel() * f.A.element_size() + f.G.numel() * f.G.element_size()
-    d = sum(t.numel() * t.element_size() for t in kfac.diagonal.values())
-    by_kind["diagonal (LayerNorm, ...)"] = {"parameter_bytes": d, "state_bytes": d}
-    for v in by_kind.values():
-        v["ratio"] = v["state_bytes"] / max(v["parameter_bytes"], 1)
+
+    def kind(row) -> str:  # the rule's kind (``linear``, ``embedding``, ...), as chapter 11 reads it
+        f = kfac.factors.get(row["module"])
+        if f is None:
+            return "diagonal (LayerNorm, ...)"
+        w = modules[row["module"]].weight
+        return "FFN Linear" if f.kind == "linear" and max(w.shape) > 2 * min(w.shape) else f.kind
+
+    by_kind = {}
+    for k, group in report[report["curvature_bytes"] > 0].groupby(report.apply(kind, axis=1)):
+        by_kind[k] = {"parameter_bytes": int(group["parameter_bytes"].sum()), "state_bytes": int(group["curvature_bytes"].sum())}
+        by_kind[k]["ratio"] = by_kind[k]["state_bytes"] / max(by_kind[k]["parameter_bytes"], 1)
     path = tmpdir / f"{tag}.safetensors"
     kfac.save(path)
     anchor = kfac.anchor_bytes()
     return {"parameter_bytes": pbytes, "state_bytes": kfac.memory_bytes(), "state_over_parameters": kfac.memory_bytes() / pbytes,
             "file_bytes": path.stat().st_size, "file_curvature_over_parameters": (path.stat().st_size - anchor) / pbytes,
-            "by_kind": dict(by_kind)}
+            "by_kind": by_kind}
 
 
 def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_names=("cnn", "minilm", "bert-base")):
@@ -182,7 +192,6 @@ def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_
         w = workload(name, **kw)
         kfac = kt.KFAC.fit(w.model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
                            diagonal_modules=tuple(m for m in w.kfac_diagonal if m in dict(w.model.named_modules())), progress=False)
-        ewc_bytes = sum(p.numel() * p.element_size() for p in w.model.parameters() if p.requires_grad)
         entry = {"full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"), "ewc_state_over_parameters": 1.0,
                  "fisher_examples": w.num_examples, "notes": w.notes}
         for tol in ((0.0, 0.01) if name in low_rank_names else ()):
@@ -192,15 +201,10 @@ def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_
             e = entry[k]
             print(f"state {w.name:<14} {k:<18} in memory {e['state_over_parameters']:.2f}x params, file {e['file_curvature_over_parameters']:.2f}x  "
                   + "  ".join(f"{kk}: {vv['ratio']:.2f}x" for kk, vv in e["by_kind"].items()), flush=True)
-        del ewc_bytes
     return out
 
 
 # -- 4. growth --------------------------------------------------------------------------
-def _time(fn, repeats):
-    return measure(fn, repeats)
-
-
 def _penalty_time(state, model, repeats):
     def run():
         model.zero_grad(set_to_none=True)
@@ -243,7 +247,7 @@ def growth(repeats, quick):
     g = torch.Generator().manual_seed(0)
     for K in ((1, 2, 4) if quick else (1, 2, 4, 8)):
         terms = []
-        for k in range(K):  # K tasks: same factors, anchors moved a little (timing and bytes only)
+        for _ in range(K):  # K tasks: same factors, anchors moved a little (timing and bytes only)
             anchor = {n: a + 1e-3 * torch.randn(a.shape, generator=g).to(a.device) for n, a in kfac.anchor.items()}
             terms.append(kt.KFAC(anchor, kfac.diagonal, kfac.factors, info=kfac.info))
         total = sum(terms)
@@ -267,6 +271,9 @@ def main(argv=None):
     parser.add_argument("--sections", default="estimation,step,state,growth")
     parser.add_argument("--workloads", default="cnn,minilm,bert-base")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--skip-methods", default="",
+                        help="comma-separated methods to leave out of the estimation section (e.g. 'laplace diag', "
+                             "which needs >20 GB resident on the BERT workloads)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (models and data moved there)")
     parser.add_argument("--step-workloads", default="minilm", help="workloads of the training-step section")
     parser.add_argument("--step-examples", type=int, default=None,
@@ -280,7 +287,8 @@ def main(argv=None):
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
-    _workloads.DEVICE = torch.device(args.device)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     result.update({"machine": machine(), "versions": versions(), "repeats": repeats, "quick": args.quick,
                    "date": time.strftime("%Y-%m-%d")})
     torch.manual_seed(0)
@@ -288,7 +296,7 @@ def main(argv=None):
            "cnn": {"examples": 64 if args.quick else 256},
            "bert-base": {"examples": 16 if args.quick else 32, "batch_size": 16}}
     if "estimation" in sections:
-        result["estimation"] = estimation(args.workloads.split(","), repeats, wkw)
+        result["estimation"] = estimation(args.workloads.split(","), repeats, wkw, tuple(filter(None, args.skip_methods.split(","))))
         out_path.write_text(json.dumps(result, indent=1))
     if "step" in sections:
         n_fisher = args.step_examples or (64 if args.quick else 256)

@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 VENV="${PEER_VENV:-/tmp/peervenv}"
 PY=python
 if [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"; fi
-exec "$PY" -m benchmarks "$@"
+# laplace-torch's diagonal needs >20 GB resident on the BERT workloads (killed by the OOM killer
+# on a 24 GB machine): left out unless asked for (--skip-methods "" runs it)
+exec "$PY" -m benchmarks --skip-methods "laplace diag" "$@"

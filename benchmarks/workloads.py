@@ -150,11 +150,8 @@ def bert_base_workload(layers: int = 12, classes: int = 1000, examples: int = 32
                            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
 
 
-#: Where ``workload`` puts models and data (``python -m benchmarks --device cuda``).
-DEVICE = torch.device("cpu")
-
-
-def workload(name: str, **kw) -> Workload:
+def workload(name: str, device: torch.device | str = "cpu", **kw) -> Workload:
+    """The named workload (``cnn``, ``minilm``, ``bert-base``) with its model and data on ``device``."""
     if name == "cnn":
         w = linker_workload("cnn", **kw)
     elif name == "minilm":
@@ -163,4 +160,4 @@ def workload(name: str, **kw) -> Workload:
         w = bert_base_workload(**kw)
     else:
         raise ValueError(f"unknown workload {name!r}: cnn, minilm, bert-base")
-    return w.to(DEVICE)
+    return w.to(torch.device(device))

@@ -116,30 +116,19 @@ def output_fisher_vectors(logits_n, target_n, fisher: str, likelihood: str):
 
 
 def fisher_dense(model, batches, fisher="exact", likelihood="categorical"):
-    """Dense (P, P) mean per-example Fisher (exact or empirical)."""
-    P = num_params(model)
-    F = torch.zeros(P, P, dtype=torch.float64)
-    n_total = 0
+    """Dense (P, P) mean per-example Fisher (exact or empirical): the book's one brute
+    force, :func:`kfac_tutorial.theory.dense_fisher` (``torch.func`` Jacobians of each
+    whole batch; independent of :mod:`kfac_tutorial.curvature`), averaged over batches
+    with their sizes as weights."""
+    from kfac_tutorial.theory import dense_fisher
+
+    total, n_total = None, 0
     for inputs, targets in batches:
-        logits, jac = batch_jacobian(model, inputs)
-        for n in range(logits.shape[0]):
-            lg, jn = _per_position(logits[n], jac[n])  # (T, C), (T, C, P)
-            if fisher == "exact" and likelihood == "categorical":
-                # direct formula Σ_t J_tᵀ (diag p_t − p_t p_tᵀ) J_t
-                for t in range(lg.shape[0]):
-                    p = lg[t].softmax(-1)
-                    H = torch.diag(p) - torch.outer(p, p)
-                    F += jn[t].T @ H @ jn[t]
-            elif fisher == "exact" and likelihood == "gaussian":
-                for t in range(lg.shape[0]):
-                    F += jn[t].T @ jn[t]
-            else:
-                V, w = output_fisher_vectors(lg, targets[n], fisher, likelihood)
-                for v, wk in zip(V, w):
-                    u = torch.einsum("tc,tcp->p", v, jn)
-                    F += wk * torch.outer(u, u)
-            n_total += 1
-    return F / n_total
+        n = (inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))).shape[0]
+        F = n * dense_fisher(model, inputs, targets, fisher=fisher, likelihood=likelihood)
+        total = F if total is None else total + F
+        n_total += n
+    return total / n_total
 
 
 def per_example_loss_grads(model, batches, likelihood="categorical"):
@@ -298,6 +287,25 @@ def _layer_view(module, x, jac, out_ndim):
         a = a.reshape(L, t_out, cin * k)
         # output (L, C_out, T_out) -> (L, T_out, C_out)
         g = jac.reshape(*lead, L, module.out_channels, t_out).transpose(-1, -2)
+    elif isinstance(module, nn.Conv2d):
+        assert module.groups == 1
+        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+        ph, pw = module.padding
+        xp = nn.functional.pad(x, (pw, pw, ph, ph))
+        L, cin, hp, wp = xp.shape
+        h_out, w_out = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        a = torch.zeros(L, h_out, w_out, cin, kh, kw, dtype=x.dtype)
+        for i in range(h_out):
+            for j in range(w_out):
+                for u in range(kh):
+                    for v in range(kw):
+                        a[:, i, j, :, u, v] = xp[:, :, i * sh + u * dh, j * sw + v * dw]
+        a = a.reshape(L, h_out * w_out, cin * kh * kw)
+        g = jac.reshape(*lead, L, module.out_channels, h_out * w_out).transpose(-1, -2)
+    elif type(module).__name__ == "Conv1D":  # Hugging Face: y = x W + b, W (d_in, d_out)
+        L, d_in = x.shape[0], x.shape[-1]
+        a = x.reshape(L, -1, d_in)
+        g = jac.reshape(*lead, L, a.shape[1], module.weight.shape[1])
     elif isinstance(module, nn.Embedding):
         L = x.shape[0]
         a = nn.functional.one_hot(x.reshape(L, -1), module.num_embeddings).to(jac.dtype)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import kfac_tutorial as kt
-from kfac_tutorial.persistence import StateFileError, read_state, write_state
+from kfac_tutorial.persistence import StateFileError, write_state
 
 try:
     from . import models as M

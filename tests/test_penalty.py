@@ -152,7 +152,10 @@ def _two_tasks(cls_a, cls_b):
 def test_sum_of_consolidations_sums_penalties_with_their_own_anchors(cls_a, cls_b):
     model, a, b = _two_tasks(cls_a, cls_b)
     theta = O.flat_params(model)
-    anchor = lambda e: torch.cat([e.anchor[n].double().reshape(-1) for n in O.trainable(model)])
+
+    def anchor(e):
+        return torch.cat([e.anchor[n].double().reshape(-1) for n in O.trainable(model)])
+
     da, db = theta - anchor(a), theta - anchor(b)
     assert not torch.allclose(da, db)  # two different anchors
     s = a + b

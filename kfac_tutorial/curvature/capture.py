@@ -12,6 +12,13 @@ entry of a dict input, registered by the caller with :meth:`CallRecorder.push_ma
 while that call runs, a layer whose input has leading shape ``(rows, T)`` equal to a
 known 2-D mask's shape takes that mask (innermost first). Positions with mask 0 are
 padding: they are excluded from the Kronecker factors. Pass masks as keywords.
+
+Calls broadcast over the batch. A call with one row whose 3-D (or higher) output the
+model broadcasts over the batch (Hugging Face's position embedding, called with
+``(1, T)`` ids) is handed on expanded to ``(B, ...)`` (a view: the same numbers), so the
+one backward pass gives every example's gradient w.r.t. its own copy of the output.
+The estimate checks once per model that the expansion leaves the logits unchanged and
+switches it off otherwise.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
+
+from .rules import rule_for
 
 
 @dataclass
@@ -61,9 +69,13 @@ class Call:
 class CallRecorder:
     """Context manager that records calls of ``modules`` (a dict name -> module)."""
 
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]):
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], broadcast: bool = True):
         self.model = model
         self.modules = modules
+        self.rules = {name: rule_for(module) for name, module in modules.items()}
+        self.broadcast = broadcast  # expand (1, ...) calls to the batch (see the hook)
+        self.batch_size = 0  # examples of the current batch (set by the caller)
+        self.expanded = False  # whether a call was expanded since the last reset
         self.calls: list[Call] = []
         self._masks: list[tuple[int, Optional[Tensor]]] = []
         self._handles: list = []
@@ -99,16 +111,24 @@ class CallRecorder:
             self._masks.pop()
 
     # -- layer calls -----------------------------------------------------------------
-    def _make_layer_hook(self, name: str):
+    def _make_layer_hook(self, name: str, rule):
         def hook(module, args, output):
             if not self.active:
-                return
+                return None
             if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
                 raise TypeError(f"module '{name}' must be called with a tensor and return a tensor")
             x = args[0]
+            replaced = None
+            if self.broadcast and self.batch_size > 1 and x.shape[0] == 1 and output.dim() >= 3 and output.requires_grad:
+                # a call broadcast over the batch (Hugging Face's (1, T) position ids): hand
+                # the rest of the model the output expanded to the batch (a view; the same
+                # numbers), so that one backward pass gives each example's output gradient
+                x = x.expand(self.batch_size, *x.shape[1:])
+                output = replaced = output.expand(self.batch_size, *output.shape[1:])
+                self.expanded = True
             mask = None
-            if x.dim() >= 3 or (isinstance(module, nn.Embedding) and x.dim() == 2):
-                length = x.shape[-1] if isinstance(module, nn.Conv1d) else x.shape[1]
+            length = rule.mask_length(module, x)
+            if length is not None:
                 mask = self.find_mask(x.shape[0], length)
             index = self._counts.get(name, 0)
             self._counts[name] = index + 1
@@ -116,6 +136,7 @@ class CallRecorder:
                 self.calls.append(
                     Call(name, module, index, x.detach(), output, mask, version=output._version)
                 )
+            return replaced
 
         return hook
 
@@ -126,7 +147,7 @@ class CallRecorder:
                 module.register_forward_hook(self._mask_post_hook, with_kwargs=True, always_call=True)
             )
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
+            self._handles.append(module.register_forward_hook(self._make_layer_hook(name, self.rules[name])))
         return self
 
     def reset(self) -> None:
@@ -134,30 +155,9 @@ class CallRecorder:
         self.calls = []
         self._counts = {}
         self._masks = []
+        self.expanded = False
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-
-def batch_size_of(inputs) -> int:
-    """Leading dimension of a tensor input, or of the first tensor in a dict/tuple input."""
-    if isinstance(inputs, Tensor):
-        return inputs.shape[0]
-    values = inputs.values() if isinstance(inputs, dict) else inputs
-    for value in values:
-        if isinstance(value, Tensor):
-            return value.shape[0]
-    raise TypeError("inputs must be a tensor or a dict/tuple containing tensors")
-
-
-def to_device(inputs, device: torch.device):
-    """Move a tensor, or the tensors of a dict/list/tuple, to ``device``."""
-    if isinstance(inputs, Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, dict):
-        return {k: to_device(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(to_device(v, device) for v in inputs)
-    return inputs

@@ -55,7 +55,10 @@ def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Prof
     train = profile.epochs * n[0]
     evals = ev[0]
     fisher_fwd = fisher_bwd = 0
-    per_fit = (lambda t: min(profile.fisher_examples or n[t], n[t]))
+
+    def per_fit(t: int) -> int:
+        return min(profile.fisher_examples or n[t], n[t])
+
     backward_per_example = profile.mc_samples if profile.fisher == "mc" else 1
     families = {_FAMILY[m] for m in methods if m in _FAMILY}
     if T > 1:

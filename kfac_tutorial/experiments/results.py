@@ -16,8 +16,9 @@ __all__ = ["REPOSITORY_RAW", "benchmark_tables", "comparisons_table", "evidence_
            "frontier_sentence", "frontier_table", "methods_table", "verdict_sentence", "read_recorded", "read_results", "reproduction_check",
            "sweep_table", "write_json_atomic"]
 
-#: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand.
-REPOSITORY_RAW = "https://raw.githubusercontent.com/kfac-tutorial/kfac-tutorial/main"
+#: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand: the
+#: pinned release the chapters install (kfac_tutorial._release), never a moving branch.
+from .._release import RAW_URL as REPOSITORY_RAW  # noqa: E402
 
 
 def _finite(obj):

@@ -1,0 +1,243 @@
+"""Accumulating Kronecker factors and diagonal Fisher entries over batches.
+
+An :class:`Accumulator` holds the unnormalised sums of one estimate: per Kronecker
+layer the input statistic (:meth:`LayerFactors.input_moment`, or the ``reduce`` sums)
+and ``Σ w_v g gᵀ``; per parameter ``Σ w_v (per-example gradient)²``. :meth:`finish`
+divides by the example (or position) counts; the formulas are those of :mod:`.estimate`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+import torch
+from torch import Tensor, nn
+
+from .factors import LayerFactors
+from .plan import Plan
+from .probes import Prepared
+from .rules import SparseRows, rule_for
+
+
+class WeightSharing:
+    """Treatment of weight-sharing (token, position) dimensions: ``expand`` or ``reduce``."""
+
+    EXPAND = "expand"
+    REDUCE = "reduce"
+    CHOICES = (EXPAND, REDUCE)
+
+
+def batched_output_grads(outputs: Tensor, tensors: list[Tensor], v: Tensor, chunk: int) -> list[Tensor]:
+    """Per-example gradients of ``v_n · outputs_n`` w.r.t. each tensor: ``(B, *tensor.shape)``."""
+    batch = outputs.shape[0]
+    pieces: list[list[Tensor]] = [[] for _ in tensors]
+    for start in range(0, batch, chunk):
+        idx = torch.arange(start, min(batch, start + chunk), device=outputs.device)
+        grad_outputs = torch.zeros(len(idx), *outputs.shape, dtype=outputs.dtype, device=outputs.device)
+        grad_outputs[torch.arange(len(idx)), idx] = v[idx]
+        grads = torch.autograd.grad(outputs, tensors, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        for j, (g, t) in enumerate(zip(grads, tensors)):
+            pieces[j].append(g if g is not None else torch.zeros(len(idx), *t.shape, dtype=t.dtype, device=t.device))
+    return [torch.cat(p) for p in pieces]
+
+
+def _add_per_example(store: dict, pname: str, grad, batch: int, param: Tensor) -> None:
+    """Add one call's per-example gradient for ``pname`` (dense or SparseRows)."""
+    old = store.get(pname)
+    if old is None:
+        store[pname] = grad
+    elif isinstance(old, SparseRows) and isinstance(grad, SparseRows):
+        store[pname] = SparseRows(torch.cat([old.example, grad.example]), torch.cat([old.row, grad.row]), torch.cat([old.values, grad.values]))
+    else:
+        dense = [g.to_dense(batch, param.shape[0]) if isinstance(g, SparseRows) else g for g in (old, grad)]
+        store[pname] = dense[0] + dense[1]
+
+
+def _add_squared_sum(out: Tensor, grad, weight: float) -> None:
+    """``out += weight · Σ_n grad_n²`` for dense ``(B, *shape)`` or sparse per-example grads."""
+    if isinstance(grad, SparseRows):
+        grad.add_squared_sum_to(out, weight)
+    else:
+        flat = grad.reshape(grad.shape[0], -1).to(out.dtype)
+        out.view(-1).add_(torch.einsum("bk,bk->k", flat, flat), alpha=weight)
+
+
+def symmetrized(m: Tensor, scale: float, tile: int = 256) -> Tensor:
+    """``(m + mᵀ) · scale`` written into ``m`` itself (returned), exactly symmetric and bit
+    for bit equal to the plain expression.
+
+    Done by ``tile × tile`` blocks, each pair of mirrored blocks read before either is
+    written: no second ``d × d`` buffer (a fresh allocation of several MB costs page
+    faults on every fit), and no whole-matrix transposed read, which thrashes the cache
+    when ``d`` is a multiple of 256 (BERT's 768 and 3072, MiniLM's 1536)."""
+    d = m.shape[0]
+    for i in range(0, d, tile):
+        for j in range(i, d, tile):
+            block = (m[i:i + tile, j:j + tile] + m[j:j + tile, i:i + tile].T).mul_(scale)
+            m[i:i + tile, j:j + tile] = block
+            if j != i:
+                m[j:j + tile, i:i + tile] = block.T
+    return m
+
+
+class Accumulator:
+    """Unnormalised sums of one estimate (see the module docstring)."""
+
+    def __init__(self, plan: Plan, weight_sharing: str, dtype: torch.dtype, device: torch.device, chunk_size: int = 8):
+        self.plan, self.weight_sharing, self.dtype, self.chunk_size = plan, weight_sharing, dtype, chunk_size
+        self.A: dict[str, Tensor] = {}
+        self.G: dict[str, Tensor] = {}
+        self.positions = defaultdict(float)
+        self.diag = {n: torch.zeros(p.shape, dtype=dtype, device=device) for n, p in plan.params.items()}
+
+    def _sharing(self, rule) -> str:
+        return WeightSharing.EXPAND if rule.factors.expand_only else self.weight_sharing
+
+    def add_inputs(self, prepared: list[Prepared], batch_size: int) -> None:
+        """Input factors (they do not depend on the backprop vectors)."""
+        plan, acc_dtype = self.plan, self.dtype
+        reduce_sums: dict[str, tuple[Tensor, Tensor]] = {}
+        for p in prepared:
+            name = p.call.name
+            if name not in plan.kronecker:
+                continue
+            valid = p.mask if p.mask is not None else torch.ones(p.a.shape[:2], dtype=torch.bool, device=p.a.device)
+            # a shared call's positions count once per example; a per-example mask already does
+            mult = batch_size if p.shared and valid.shape[0] == 1 else 1
+            a = p.a.expand(valid.shape[0], *p.a.shape[1:]) if valid.shape[0] != p.a.shape[0] else p.a
+            has_bias = plan.kronecker[name][1] is not None
+            if self._sharing(p.rule) == WeightSharing.EXPAND:
+                moment = p.rule.factors.input_moment(a, valid, has_bias, acc_dtype, tuple(p.call.module.weight.shape))
+                self.A[name] = self.A.get(name, 0) + mult * moment
+                self.positions[name] += mult * float(valid.sum())
+                continue
+            # reduce: masked sum over positions (a batched matvec, no masked copy of the
+            # inputs); the homogeneous coordinate's sum is the number of valid positions
+            vf = valid.to(acc_dtype)
+            c = vf.sum(1)
+            s = torch.einsum("rp,rpi->ri", vf, a.to(acc_dtype))
+            if has_bias:
+                s = torch.cat([s, c.unsqueeze(-1)], dim=-1)
+            if s.shape[0] == 1 and batch_size > 1:
+                s, c = s.expand(batch_size, -1), c.expand(batch_size)
+            old = reduce_sums.get(name)
+            reduce_sums[name] = (s, c) if old is None else (old[0] + s, old[1] + c)
+        for name, (s, c) in reduce_sums.items():
+            abar = s / c.clamp(min=1).unsqueeze(-1)
+            if name in self.A:
+                self.A[name].addmm_(abar.T, abar)
+            else:
+                self.A[name] = abar.T @ abar
+
+    def add_vector(self, prepared: list[Prepared], outputs: Tensor, v: Tensor, w: float, batch_size: int) -> None:
+        """Output-gradient factors and hook-based diagonal entries for one backprop vector."""
+        plan, acc_dtype = self.plan, self.dtype
+        aligned = [p for p in prepared if not p.shared]
+        shared = [p for p in prepared if p.shared]
+        grads = {}
+        if aligned:
+            gs = torch.autograd.grad(outputs, [p.call.output for p in aligned], v, retain_graph=True, allow_unused=True)
+            grads.update({id(p): g for p, g in zip(aligned, gs)})
+        if shared:
+            gs = batched_output_grads(outputs, [p.call.output for p in shared], v, self.chunk_size)
+            grads.update({id(p): g for p, g in zip(shared, gs)})
+
+        ghat: dict[str, Tensor] = {}
+        per_example: dict[str, object] = {}
+        calls_of = defaultdict(int)  # parameter -> number of calls that reach the outputs
+        for p in prepared:
+            if grads[id(p)] is not None:
+                for _, pname in plan.hook_diag.get(p.call.name, ()):
+                    calls_of[pname] += 1
+        single = {pname: n == 1 for pname, n in calls_of.items()}
+        for p in prepared:
+            grad = grads[id(p)]
+            if grad is None:
+                continue
+            name = p.call.name
+            g = p.output_grads(grad)
+            if name in plan.kronecker:
+                ga = g.to(acc_dtype)
+                if self._sharing(p.rule) == WeightSharing.EXPAND:
+                    mask = p.mask if p.mask is None or p.mask.shape[0] == ga.shape[0] else p.mask.expand(ga.shape[0], -1)
+                    gv = (ga[mask] if mask is not None else ga).reshape(-1, ga.shape[-1])  # valid positions
+                    self.G[name] = self.G.get(name, 0) + w * (gv.T @ gv)
+                else:
+                    s = ga.sum(1) if p.mask is None else torch.einsum("bp,bpo->bo", p.mask.to(acc_dtype), ga)
+                    ghat[name] = ghat[name] + s if name in ghat else s
+            if name in plan.hook_diag:
+                pairs = plan.hook_diag[name]
+                if p.rule.squared_grads is not None and all(single[pname] for _, pname in pairs):
+                    # the only contribution to these parameters: square and sum directly
+                    for attr, sq in p.rule.squared_grads(p.call.module, p.a, g, acc_dtype).items():
+                        for attr2, pname in pairs:
+                            if attr2 == attr:
+                                self.diag[pname].add_(sq, alpha=w)
+                    continue
+                pe = p.rule.per_example_grads(p.call.module, p.a, g)
+                for attr, pname in pairs:
+                    if attr in pe:
+                        _add_per_example(per_example, pname, pe[attr], batch_size, plan.params[pname])
+        for name, s in ghat.items():
+            if name in self.G:
+                self.G[name].addmm_(s.T, s, alpha=w)
+            else:
+                self.G[name] = torch.mm(s.T, s).mul_(w)
+        for pname, pe in per_example.items():
+            _add_squared_sum(self.diag[pname], pe, w)
+
+    def add_vmap_diagonal(self, model: nn.Module, inputs, v: Tensor, w: float, call) -> None:
+        """Per-example gradients of ``v_n · f(x_n)`` for the parameters left to torch.func.
+
+        ``call(model, params, x)`` returns the logits of a one-example input ``x``."""
+        from torch.func import functional_call, grad, vmap
+
+        plan = self.plan
+        frozen = {n: p.detach() for n, p in model.named_parameters()}
+        frozen.update({n: b for n, b in model.named_buffers()})
+        subset = {n: plan.params[n].detach() for n in plan.vmap_diag}
+
+        def contribution(sub, x, vn):
+            x1 = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, x)
+            out = call(lambda *args, **kwargs: functional_call(model, {**frozen, **sub}, args, kwargs), x1)
+            return (out * vn.unsqueeze(0)).sum()
+
+        per_example_grad = vmap(grad(contribution), in_dims=(None, 0, 0), chunk_size=self.chunk_size)
+        try:
+            pe = per_example_grad(subset, inputs, v)
+        except Exception as err:  # pragma: no cover - depends on the model
+            raise RuntimeError(
+                f"per-example gradients by torch.func.vmap failed for parameters {plan.vmap_diag[:5]} "
+                f"(modules without a curvature rule): {err}. Register a rule in "
+                "kfac_tutorial.curvature.rules for that module type, or freeze those parameters."
+            ) from err
+        for n, g in pe.items():
+            self.diag[n] += w * g.to(self.dtype).square().sum(0)
+
+    def finish(self, num_examples: int, modules: dict[str, nn.Module]) -> tuple[dict[str, LayerFactors], dict[str, Tensor]]:
+        """Normalised factors ``{module: LayerFactors}`` and diagonals ``{parameter: Tensor}``."""
+        plan = self.plan
+        factors = {}
+        for mname, (wname, bname) in plan.kronecker.items():
+            module = modules[mname]
+            rule = rule_for(module)
+            rule_factors = rule.factors
+            expand = rule_factors.expand_only or self.weight_sharing == WeightSharing.EXPAND
+            norm_A = self.positions[mname] if expand else num_examples
+            a_mat, g_mat = self.A.get(mname), self.G.get(mname)
+            if a_mat is None or g_mat is None:  # never reached the outputs: zero curvature
+                a_shape, g_shape = rule_factors.shapes(tuple(module.weight.shape), bname is not None)
+                device = module.weight.device
+                g_mat = torch.zeros(g_shape, dtype=self.dtype, device=device)
+                if a_mat is None:
+                    a_mat = torch.zeros(a_shape, dtype=self.dtype, device=device)
+            # normalise and make exactly symmetric (the penalty's gradient relies on it) in one pass
+            if a_mat.dim() == 2:
+                a_mat = symmetrized(a_mat, 0.5 / max(norm_A, 1))
+            else:
+                a_mat = a_mat / max(norm_A, 1)
+            g_mat = symmetrized(g_mat, 0.5 / num_examples)
+            factors[mname] = rule_factors(rule.kind, a_mat, g_mat, wname, bname)
+        in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
+        diagonal = {n: d / num_examples for n, d in self.diag.items() if n not in in_kron}
+        return factors, diagonal
+

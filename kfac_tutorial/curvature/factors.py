@@ -1,0 +1,317 @@
+"""Kronecker factors of one layer, ``F_layer ≈ G ⊗ A``, and everything they do.
+
+A layer's rule names one of these types; estimation and consolidation only call their
+methods (shapes, input statistics, the penalty's quadratic form, the dense block,
+online merge, low-rank roots, packing for a state file). Conventions:
+
+* :class:`LayerFactors` (Linear, Conv1d, Conv2d): the weight reshaped to a matrix
+  ``W`` of shape ``(d_out, d_in)`` (``weight.reshape(d_out, -1)``), the bias appended
+  as a last column, ``D = [ΔW | Δb]``. ``A`` is ``(d_in(+1), d_in(+1))``, ``G`` is
+  ``(d_out, d_out)``; row-major ``vec(D)`` pairs with ``G ⊗ A`` and the quadratic form
+  is ``vec(D)ᵀ (G ⊗ A) vec(D) = tr(Dᵀ G D A) = sum(D ⊙ (G D A))``.
+* :class:`TransposedFactors` (Hugging Face's ``Conv1D``, GPT-2): the weight is stored
+  ``(d_in, d_out)``; its matrix is ``weightᵀ``, after which the algebra is the above.
+* :class:`DiagonalInputFactors` (Embedding ``(V, D)``): the input is one-hot, so ``A``
+  is the ``(V,)`` diagonal of token frequencies and ``F_layer ≈ diag(A) ⊗ G`` over the
+  row-major ``vec(W)``; positions always count as examples (``expand``).
+
+A factor may be held as a root ``R`` (``d × r``, factor ``= R Rᵀ``; see
+:meth:`LayerFactors.low_rank`): ``A_root`` / ``G_root`` say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from ..persistence import StateFileError
+
+__all__ = ["DiagonalInputFactors", "FACTOR_TYPES", "LayerFactors", "TransposedFactors", "make_factors"]
+
+# kind (as written in state files) -> factor type; filled by the rules' ``register``
+FACTOR_TYPES: dict[str, type["LayerFactors"]] = {}
+
+
+def make_factors(kind: str, A: Tensor, G: Tensor, weight: str, bias: Optional[str] = None, **roots) -> "LayerFactors":
+    """Factors of the type registered for ``kind`` (``"linear"``, ``"embedding"``, ...)."""
+    if kind not in FACTOR_TYPES:
+        raise KeyError(f"no layer rule registers factors of kind {kind!r}; known: {sorted(FACTOR_TYPES)}")
+    return FACTOR_TYPES[kind](kind, A, G, weight, bias, **roots)
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+@dataclass
+class LayerFactors:
+    """Kronecker factors of one layer: ``F_layer ≈ G ⊗ A`` over row-major ``vec([W | b])``.
+
+    Attributes:
+        kind: the layer rule's name (``"linear"``, ``"conv1d"``, ``"conv2d"``, ...).
+        A: input factor ``(d_in(+1), d_in(+1))`` (or a root ``(d, r)``).
+        G: output-gradient factor ``(d_out, d_out)`` (or a root).
+        weight, bias: parameter names; the bias (or None) is the last column of ``[W | b]``.
+        A_root, G_root: the factor is held as a root ``R`` with factor ``= R Rᵀ``.
+    """
+
+    kind: str
+    A: Tensor
+    G: Tensor
+    weight: str
+    bias: Optional[str] = None
+    A_root: bool = False
+    G_root: bool = False
+
+    # positions of this layer always count as extra examples (no ``reduce`` setting)
+    expand_only: ClassVar[bool] = False
+
+    def full_A(self) -> Tensor:
+        """The input factor as stored, or ``R Rᵀ`` for a root."""
+        return self.A @ self.A.T if self.A_root else self.A
+
+    def full_G(self) -> Tensor:
+        """The ``(d_out, d_out)`` output-gradient factor (``R Rᵀ`` for a root)."""
+        return self.G @ self.G.T if self.G_root else self.G
+
+    # -- shapes and estimation ----------------------------------------------------------
+    @classmethod
+    def shapes(cls, weight_shape: tuple, has_bias: bool) -> tuple[tuple, tuple]:
+        """``(A shape, G shape)`` for a weight of ``weight_shape``."""
+        d_in = _prod(weight_shape[1:]) + has_bias
+        return (d_in, d_in), (weight_shape[0], weight_shape[0])
+
+    @classmethod
+    def input_moment(cls, a: Tensor, valid: Tensor, has_bias: bool, dtype: torch.dtype, weight_shape: tuple) -> Tensor:
+        """``Σ_{valid (r, p)} ā āᵀ`` over ``a``: ``(rows, P, d_in)``, ``ā = [a, 1]`` with a bias.
+
+        One matrix product over the valid positions only (padding rows are never copied
+        or multiplied)."""
+        a = a[valid].to(dtype)  # (valid positions, d_in)
+        if has_bias:
+            a = torch.cat([a, torch.ones_like(a[:, :1])], dim=-1)
+        return a.T @ a
+
+    # -- the penalty ------------------------------------------------------------------------
+    @staticmethod
+    def as_matrix(w: Tensor) -> Tensor:
+        """The weight (or anything shaped like it) as the ``(d_out, d_in)`` matrix."""
+        return w.reshape(w.shape[0], -1)
+
+    def delta(self, params: dict[str, Tensor], anchor: dict[str, Tensor]) -> Tensor:
+        """``D = [ΔW | Δb]``: ``(d_out, d_in(+1))``."""
+        D = self.as_matrix(params[self.weight] - anchor[self.weight])
+        if self.bias is not None:
+            D = torch.cat([D, (params[self.bias] - anchor[self.bias]).unsqueeze(1)], dim=1)
+        return D
+
+    def quadratic(self, params: dict[str, Tensor], anchor: dict[str, Tensor]) -> Tensor:
+        """``vec(D)ᵀ (G ⊗ A) vec(D)`` (differentiable in ``params``), by the cheapest product
+        for the storage: ``‖R_Gᵀ D R_A‖²``, ``tr(Xᵀ G X)`` with ``X = D R_A``, ``tr(Y A Yᵀ)``
+        with ``Y = R_Gᵀ D``, or ``sum(D ⊙ G D A)``."""
+        D = self.delta(params, anchor)
+        A, G = self.A.to(D.dtype), self.G.to(D.dtype)
+        if self.A_root and self.G_root:
+            Y = torch.linalg.multi_dot([G.T, D, A])
+            return (Y * Y).sum()
+        if self.A_root:
+            X = D @ A
+            return (X * (G @ X)).sum()
+        if self.G_root:
+            Y = G.T @ D
+            return (Y * (Y @ A)).sum()
+        return KroneckerQuadratic.apply(D, G, A, None)
+
+    def dense_block(self, offsets: dict[str, int], params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(block, idx)``: the float64 block ``G ⊗ A`` and, for each of its rows, the
+        index into the flat parameter vector (``offsets``: start of each parameter)."""
+        A, G = self.full_A().detach().double().cpu(), self.full_G().detach().double().cpu()
+        w = params[self.weight]
+        idx = self.as_matrix(offsets[self.weight] + torch.arange(w.numel()).reshape(w.shape))
+        if self.bias is not None:
+            idx = torch.cat([idx, (offsets[self.bias] + torch.arange(idx.shape[0])).unsqueeze(1)], dim=1)
+        return torch.kron(G, A), idx.reshape(-1)
+
+    # -- several tasks, storage ---------------------------------------------------------------
+    def merged(self, new: "LayerFactors", gamma: float) -> "LayerFactors":
+        """Online merge into ``new``: ``A ← (γ A_self + A_new)/(1+γ)``, ``G ← γ G_self + G_new``
+        (roots are merged as full matrices)."""
+        A = (gamma * self.full_A() + new.full_A()) / (1.0 + gamma)
+        return replace(new, A=A, G=gamma * self.full_G() + new.full_G(), A_root=False, G_root=False)
+
+    def _root_A(self, tol: float, max_fraction: float) -> tuple[Tensor, bool]:
+        return maybe_root(self.full_A(), tol, max_fraction)
+
+    def low_rank(self, tol: float, max_fraction: float) -> "LayerFactors":
+        """A copy with each factor held as a root where its kept rank is at most
+        ``max_fraction · d`` (``tol``: the trace share each factor may drop, see
+        :func:`maybe_root`)."""
+        A, A_root = self._root_A(tol, max_fraction)
+        G, G_root = maybe_root(self.full_G(), tol, max_fraction)
+        return replace(self, A=A, G=G, A_root=A_root, G_root=G_root)
+
+    def _storage_A(self) -> str:
+        return storage_of(self.A, self.A_root)
+
+    def spec(self, module: str) -> dict:
+        """Metadata of the factors for a state file."""
+        return {"module": module, "kind": self.kind, "weight": self.weight, "bias": self.bias,
+                "A_storage": self._storage_A(), "G_storage": storage_of(self.G, self.G_root)}
+
+    def packed(self) -> tuple[Tensor, Tensor]:
+        """``(A, G)`` as written to a state file (upper triangles of symmetric factors)."""
+        return pack(self.A, self._storage_A()), pack(self.G, storage_of(self.G, self.G_root))
+
+    @classmethod
+    def unpacked(cls, spec: dict, weight_shape: tuple, get: Callable, source: str, prefix: str) -> "LayerFactors":
+        """Factors read back from a state file (``get(key, shape)`` returns a checked tensor)."""
+        a_shape, g_shape = cls.shapes(tuple(weight_shape), spec["bias"] is not None)
+        m = spec["module"]
+        A, A_root = unpack(get, f"A/{m}", a_shape, spec.get("A_storage", "dense"), source, prefix)
+        G, G_root = unpack(get, f"G/{m}", g_shape, spec.get("G_storage", "dense"), source, prefix)
+        return cls(spec["kind"], A, G, spec["weight"], spec["bias"], A_root=A_root, G_root=G_root)
+
+
+@dataclass
+class TransposedFactors(LayerFactors):
+    """Factors of a layer whose weight is stored ``(d_in, d_out)`` (Hugging Face ``Conv1D``,
+    ``y = x W + b``): its matrix is ``Wᵀ``, the rest is :class:`LayerFactors`."""
+
+    @classmethod
+    def shapes(cls, weight_shape, has_bias):
+        d_in, d_out = weight_shape
+        return (d_in + has_bias, d_in + has_bias), (d_out, d_out)
+
+    @staticmethod
+    def as_matrix(w: Tensor) -> Tensor:
+        return w.T
+
+
+@dataclass
+class DiagonalInputFactors(LayerFactors):
+    """Embedding ``(V, D)``: ``F_layer ≈ diag(A) ⊗ G`` over row-major ``vec(W)``, ``A`` the
+    ``(V,)`` token frequencies (never a root), ``G`` ``(D, D)``. The quadratic form
+    ``Σ_v A_v ΔW_v G ΔW_vᵀ`` runs over the rows seen in the Fisher data only (for a
+    BERT vocabulary most ``A_v`` are 0)."""
+
+    expand_only: ClassVar[bool] = True
+
+    @classmethod
+    def shapes(cls, weight_shape, has_bias):
+        return (weight_shape[0],), (weight_shape[1], weight_shape[1])
+
+    @classmethod
+    def input_moment(cls, a, valid, has_bias, dtype, weight_shape):
+        """Token counts over the valid positions: ``(V,)``."""
+        return torch.bincount(a[valid].reshape(-1), minlength=weight_shape[0]).to(dtype)
+
+    def _rows(self) -> Tensor:
+        """Indices of the rows with ``A_v > 0`` (cached on the object)."""
+        cached = getattr(self, "_rows_cache", None)
+        if cached is None or cached[0] is not self.A:
+            cached = (self.A, torch.nonzero(self.A > 0).reshape(-1))
+            self._rows_cache = cached
+        return cached[1]
+
+    def quadratic(self, params, anchor):
+        dW = params[self.weight] - anchor[self.weight]
+        rows = self._rows()
+        D = dW.index_select(0, rows)
+        a = self.A.to(dW.dtype).index_select(0, rows)
+        G = self.G.to(dW.dtype)
+        if self.G_root:  # Σ_v a_v ‖ΔW_v R_G‖²
+            Y = (a.sqrt().unsqueeze(1) * D) @ G
+            return (Y * Y).sum()
+        return KroneckerQuadratic.apply(D, G, None, a)
+
+    def dense_block(self, offsets, params):
+        A, G = self.full_A().detach().double().cpu(), self.full_G().detach().double().cpu()
+        w = params[self.weight]
+        return torch.kron(torch.diag(A), G), torch.arange(w.numel()) + offsets[self.weight]
+
+    def _root_A(self, tol, max_fraction):
+        return self.A, self.A_root
+
+    def _storage_A(self) -> str:
+        return "root" if self.A_root else "dense"
+
+
+class KroneckerQuadratic(torch.autograd.Function):
+    """``sum(D ⊙ M)`` with ``M = G D A`` (or ``M = diag(a) D G`` for an embedding, ``D``
+    ``(V, D_emb)``); gradient ``2 M`` (``G``, ``A`` symmetric), reusing ``M`` instead of
+    differentiating through two matrix products: two matmuls per layer in the forward
+    pass and none in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, D: Tensor, G: Tensor, A: Optional[Tensor], a_diag: Optional[Tensor]) -> Tensor:
+        M = (a_diag.unsqueeze(1) * D) @ G if a_diag is not None else G @ D @ A
+        ctx.save_for_backward(M)
+        return (D * M).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (M,) = ctx.saved_tensors
+        return 2.0 * grad_output * M, None, None, None
+
+
+# --- low-rank roots and state-file packing -------------------------------------------------
+def maybe_root(M: Tensor, tol: float, max_fraction: float) -> tuple[Tensor, bool]:
+    """``(R, True)`` with ``M ≈ R Rᵀ`` when the kept rank is at most ``max_fraction · d``,
+    else ``(M, False)``. ``tol = 0``: numerical rank; ``tol > 0``: drop the smallest
+    eigenvalues holding at most ``tol`` of the trace. Eigenvalues in float64, clamped at 0."""
+    d = M.shape[0]
+    s, U = torch.linalg.eigh(M.detach().double())
+    s, U = s.flip(0).clamp(min=0), U.flip(1)
+    total = float(s.sum())
+    if total <= 0:
+        return M.new_zeros(d, 0), True
+    if tol > 0:
+        tail = torch.cumsum(s.flip(0), 0).flip(0)  # tail[k] = Σ_{i≥k} s_i
+        r = int((tail > tol * total).sum())
+    else:
+        r = int((s > s[0] * d * torch.finfo(M.dtype).eps).sum())
+    if r > max_fraction * d:
+        return M, False
+    return (U[:, :r] * s[:r].sqrt()).to(M.dtype), True
+
+
+def storage_of(t: Tensor, root: bool) -> str:
+    """``root`` (d × r), ``triu`` (upper triangle of an exactly symmetric matrix) or ``dense``."""
+    if root:
+        return "root"
+    if t.dim() != 2 or not torch.equal(t, t.T):
+        return "dense"
+    return "triu"
+
+
+def pack(t: Tensor, storage: str) -> Tensor:
+    if storage != "triu":
+        return t
+    i, j = torch.triu_indices(t.shape[0], t.shape[0], device=t.device)
+    return t[i, j].contiguous()
+
+
+def unpack(get: Callable, key: str, shape: tuple, storage: str, source: str, prefix: str) -> tuple[Tensor, bool]:
+    """Read one factor stored as ``dense``, ``triu`` or ``root`` and check its shape."""
+    if storage == "dense":
+        return get(key, shape), False
+    if storage == "triu":
+        d = shape[0]
+        v = get(key, (d * (d + 1) // 2,))
+        i, j = torch.triu_indices(d, d, device=v.device)
+        M = v.new_zeros(d, d)
+        M[i, j] = v
+        M[j, i] = v
+        return M, False
+    if storage == "root":
+        t = get(key)
+        if t.dim() != 2 or t.shape[0] != shape[0] or t.shape[1] > shape[0]:
+            raise StateFileError(f"{source} is damaged: low-rank factor '{prefix + key}' has shape {tuple(t.shape)}, expected ({shape[0]}, r ≤ {shape[0]})")
+        return t, True
+    raise StateFileError(f"{source}: factor '{prefix + key}' has unknown storage {storage!r} (dense, triu or root); upgrade kfac_tutorial")
