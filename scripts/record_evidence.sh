@@ -21,6 +21,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SEEDS="${SEEDS:-0 1 2}"
 TASKS="${TASKS:-phenotypes,diseases,drugs}"
 THREADS="${THREADS:-1}"
+PROGRESS_FLAG=--no-progress   # PROGRESS=1: tqdm bars in the per-seed logs
+[ "${PROGRESS:-0}" = 1 ] && PROGRESS_FLAG=
 OUT="${OUT:-book/results}"
 merge_only=0
 if [ "${1:-}" = "--merge-only" ]; then merge_only=1; shift; fi
@@ -33,7 +35,7 @@ one_seed() {  # model seed
         methods=finetune,ewc,kfac
         [ "$part" = baselines ] && methods=l2,frozen,joint
         python3 -m kfac_tutorial.experiments --model "$1" --methods "$methods" --tasks "$TASKS" \
-            --profile cpu --seeds "$2" --threads "$THREADS" --no-progress \
+            --profile cpu --seeds "$2" --threads "$THREADS" $PROGRESS_FLAG \
             --out "$OUT/parts/evidence_${1}_seed${2}_${part}.json" || return 1
     done
 }
