@@ -20,8 +20,15 @@ def test_count_work_by_hand():
     # task 0's Fisher once (10 < 15 examples), task 1's once per λ (15 of 20); never task 2's
     assert work["fisher_forward"] == 10 + 2 * 15
     assert work["fisher_backward"] == 3 * work["fisher_forward"]
-    # after task 0: task 0; each later task t (per λ): tasks 0..t
-    assert work["eval_examples"] == 4 + (1 + 2 + 1) * ((4 + 6) + (4 + 6 + 8))  # finetune, kfac ×2, joint
+    # after task 0: task 0; each later task t (per λ): tasks 0..t; per λ, tasks 0..T-2 again
+    # with their concept-table rows restored
+    runs = 1 + 2 + 1  # finetune, kfac ×2, joint
+    assert work["eval_examples"] == 4 + runs * ((4 + 6) + (4 + 6 + 8)) + runs * (4 + 6)
+    # a grid extended past an edge optimum: one more kfac run, counted when told
+    more = count_work(sizes, ["finetune", "kfac", "joint"], profile, lambdas_tried={"kfac": 3})
+    assert more["train_examples"] - work["train_examples"] == 2 * 50
+    assert more["fisher_forward"] - work["fisher_forward"] == 15
+    assert more["eval_examples"] - work["eval_examples"] == (4 + 6) + (4 + 6 + 8) + (4 + 6)
     exact = count_work(sizes, ["kfac_online"], profile.with_overrides(fisher="exact"))
     assert exact["fisher_backward"] == exact["fisher_forward"] == 10 + 2 * 15
 
@@ -48,14 +55,14 @@ def test_count_work_matches_what_a_run_trains_and_scores(monkeypatch):
     from kfac_tutorial.experiments import harness, load_tasks, run_experiment
 
     seen = {"train": 0, "fisher": 0, "eval": 0}
-    real_train, real_eval = harness.train, harness.evaluate
+    real_train, real_eval = harness.train, harness.evaluate_hits
     real_kfac = consolidation.KFAC.fit.__func__
 
     def train(model, batches, *, epochs, **kw):
         seen["train"] += epochs * len(batches.texts)
         return real_train(model, batches, epochs=epochs, **kw)
 
-    def evaluate(model, batches, **kw):
+    def evaluate_hits(model, batches, **kw):
         seen["eval"] += len(batches.texts)
         return real_eval(model, batches, **kw)
 
@@ -64,13 +71,14 @@ def test_count_work_matches_what_a_run_trains_and_scores(monkeypatch):
         return real_kfac(cls, model, batches, **kw)
 
     monkeypatch.setattr(harness, "train", train)
-    monkeypatch.setattr(harness, "evaluate", evaluate)
+    monkeypatch.setattr(harness, "evaluate_hits", evaluate_hits)
     monkeypatch.setattr(consolidation.KFAC, "fit", classmethod(fit))
     profile = get_profile("cnn", "test").with_overrides(epochs=1, fisher_examples=8)
     methods = ["finetune", "kfac", "joint"]
     tasks = load_tasks(["toy-a", "toy-b", "toy-c"], profile)
     res = run_experiment("cnn", tasks, methods, profile, progress=False)
-    work = count_work([res["examples"][t] for t in res["tasks"]], methods, profile)
+    tried = {m: len(res["methods"][m]["sweep"]) for m in methods if "sweep" in res["methods"][m]}
+    work = count_work([res["examples"][t] for t in res["tasks"]], methods, profile, lambdas_tried=tried)
     assert seen["train"] == work["train_examples"]
     assert seen["fisher"] == work["fisher_forward"]
     assert seen["eval"] == work["eval_examples"]

@@ -10,7 +10,13 @@ the profile and the task sizes:
 * Fisher: ``min(fisher_examples, n_t)`` examples for task 0 once per family and for
   tasks 1..T−2 once per λ (the last task's Fisher is never needed), each costing a
   forward pass and ``mc_samples`` backward passes (``exact``: one per class);
-* evaluation: after each task trained, the dev and test splits of every task seen.
+* evaluation: after each task trained, the dev and test splits of every task seen, and
+  once per run (each λ) the splits of tasks 0..T−2 again with their concept-table rows
+  restored (the table/encoder split of the forgetting).
+
+When the dev-best λ sits at an end of its grid the harness tries more λ values
+(``profile.lambda_extension``); the count for the grid as given is then a lower bound,
+and ``lambdas_tried`` (per method, e.g. the length of a result's ``"sweep"``) makes it exact.
 
 :func:`measure_rates` times a few real training and evaluation steps of the profile's
 linker on this machine; :func:`estimate_seconds` (and :func:`estimate_breakdown`) combine both. The estimate ignores
@@ -42,9 +48,12 @@ __all__ = ["count_work", "estimate_breakdown", "estimate_seconds", "measure_rate
            "penalised_step", "plain_fwd_bwd", "time_curvature", "time_penalty_steps"]
 
 
-def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile) -> dict:
+def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile,
+               lambdas_tried: Optional[Mapping[str, int]] = None) -> dict:
     """Examples processed by a run. ``task_sizes``: per task, ``{"train", "dev", "test"}``
     example counts after :func:`prepare_task` (e.g. a results dict's ``examples``).
+    ``lambdas_tried``: λ values run per method (default: the profile's grid, a lower bound
+    when a run extends its grid past an edge optimum).
 
     Returns ``train_examples`` (forward+backward), ``fisher_forward`` and
     ``fisher_backward`` (per-example passes of the curvature fits) and
@@ -66,6 +75,10 @@ def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Prof
             fisher_fwd += per_fit(0)
     for m in methods:
         grid = len(profile.lambdas[_FAMILY[m]]) if m in _FAMILY else 1
+        if lambdas_tried is not None and m in lambdas_tried:
+            grid = int(lambdas_tried[m])
+        if T > 1:  # the old tasks re-scored with their table rows restored, once per λ
+            evals += grid * sum(ev[: T - 1])
         for t in range(1, T):
             seen = sum(n[: t + 1]) if m == "joint" else n[t]
             train += grid * profile.epochs * seen
