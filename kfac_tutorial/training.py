@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .linkers.concept_table import MASKED_LOGIT
-from .metrics import accuracy_at_k
 
 __all__ = [
     "LinkingBatches", "NonFiniteLossError", "evaluate", "evaluate_hits", "linking_batches", "predict", "train",

@@ -246,8 +246,8 @@ def frontier_table(results: dict):
     for c in results.get("frontier_comparisons", []):
         rows.append({"a − b": f"{c['a']} − {c['b']}", "matched to": c["matched_to"],
                      "plasticity": f"{c['plasticity']:.3f}" if c["plasticity"] is not None else "–",
-                     f"forgetting a": f"{c['forgetting'][c['a']]:.3f}" if c["forgetting"][c["a"]] is not None else "–",
-                     f"forgetting b": f"{c['forgetting'][c['b']]:.3f}" if c["forgetting"][c["b"]] is not None else "–",
+                     "forgetting a": f"{c['forgetting'][c['a']]:.3f}" if c["forgetting"][c["a"]] is not None else "–",
+                     "forgetting b": f"{c['forgetting'][c['b']]:.3f}" if c["forgetting"][c["b"]] is not None else "–",
                      "a − b [95% interval]": format_interval(c["diff"], c["ci95"], "{:+.3f}"),
                      "verdict": c["verdict"], "draws covered": f"{c['coverage']:.0%}"})
     return pd.DataFrame(rows).set_index(["a − b", "matched to"]) if rows else pd.DataFrame()

@@ -17,6 +17,8 @@ combined JSON keeps the first seed's results dict as it is and adds
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, Sequence
 
 from .. import statistics as st
@@ -78,6 +80,12 @@ def combine_seeds(runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: in
     return out
 
 
+def _partial_update(on_update, done: list, partial: dict) -> None:
+    """Report the seeds ``done`` so far plus the current seed's ``partial`` results."""
+    if on_update is not None:
+        on_update(combine_seeds(done + [partial], n_boot=200, frontier_boot=50))
+
+
 def run_seeds(model: str, task_names: Sequence[str], methods: Sequence[str], profile: Profile,
               seeds: Sequence[int], setting: str = "growing", progress: bool = True,
               checkpoint: str | None = None,
@@ -96,9 +104,7 @@ def run_seeds(model: str, task_names: Sequence[str], methods: Sequence[str], pro
     for seed in seeds:
         tasks = load_tasks(task_names, profile, seed=seed)
 
-        def update(partial, done=list(runs)):
-            if on_update is not None:
-                on_update(combine_seeds(done + [partial], n_boot=200, frontier_boot=50))
+        update = functools.partial(_partial_update, on_update, list(runs))
 
         runs.append(run_experiment(model, tasks, methods, profile, seed=seed, setting=setting,
                                    progress=progress, checkpoint=checkpoint, on_update=update))
