@@ -13,12 +13,13 @@ method, exactly as in the main experiments), so a variant is never helped by tes
 
 from __future__ import annotations
 
+import sys
 from typing import Mapping, Sequence
 
 from .cache import run_or_load
 from .profiles import Profile
 
-__all__ = ["compare_variants", "summary_rows"]
+__all__ = ["FISHER_FLAVOURS", "compare_variants", "summary_rows", "variants_over_seeds", "variants_table"]
 
 _COLUMNS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
             "lambda", "seconds", "curvature_bytes")
@@ -65,3 +66,143 @@ def compare_variants(model: str, task_names: Sequence[str], methods: Sequence[st
         runs[name] = results
         rows += summary_rows(results, variant=name, order=" → ".join(results["tasks"]))
     return pd.DataFrame(rows), runs
+
+
+#: The Fisher flavours of chapter 9's ablation (chapter 2: the exact Fisher, its Monte
+#: Carlo estimate with 1 and 8 sampled labels, and the empirical Fisher with the data labels).
+FISHER_FLAVOURS = {
+    "exact": {"fisher": "exact"},
+    "mc, 1 sample": {"fisher": "mc", "mc_samples": 1},
+    "mc, 8 samples": {"fisher": "mc", "mc_samples": 8},
+    "empirical": {"fisher": "empirical"},
+}
+
+
+def variants_over_seeds(model: str, task_names: Sequence[str], profile: Profile,
+                        variants: Mapping[str, Mapping], seeds: Sequence[int], method: str = "kfac",
+                        reference: str | None = None, n_boot: int = 2000, progress: bool = True) -> dict:
+    """One consolidation ``method`` under several profile ``variants`` (name → Profile
+    overrides, e.g. :data:`FISHER_FLAVOURS`), each seed's runs paired, with intervals.
+
+    Per seed and variant, one run of ``["finetune", method]`` (:func:`run_or_load`; λ
+    chosen on dev per variant and seed, the grid extended past an edge optimum). The
+    variants of one seed share its data, task 0 and fine-tuning run, so they are
+    compared paired: the per-seed runs are joined as methods named ``"<method> (<variant>)"``
+    and passed to :func:`kfac_tutorial.statistics.bootstrap_seeds` (two-stage paired
+    bootstrap over seeds and test mentions). Returns a JSON-able dict: ``variants``
+    (name → ``overrides``, ``label``, ``mean``/``ci95`` of the metrics, ``lambda`` and
+    ``curvature_bytes`` per seed), ``comparisons`` (each variant − ``reference``, default
+    the first, with :func:`~kfac_tutorial.statistics.verdict`), ``finetune`` (its
+    mean/ci95) and ``finetune_shared`` (whether fine-tuning gave the same test hits in
+    every variant of a seed, as it must: the variants change only the curvature)."""
+    from .. import statistics as st
+
+    if not variants:
+        raise ValueError("no variants given: pass {name: {profile field: value}}")
+    if not seeds:
+        raise ValueError("no seeds given, e.g. seeds=[0, 1, 2]")
+    fields = set(Profile.__dataclass_fields__)
+    for name, overrides in variants.items():
+        if unknown := sorted(set(overrides) - fields):
+            raise ValueError(f"variant {name!r}: unknown setting(s) {unknown}; valid: {sorted(fields)}")
+    reference = reference or next(iter(variants))
+    if reference not in variants:
+        raise ValueError(f"reference {reference!r} is not one of the variants {list(variants)}")
+    label = {name: f"{method} ({name})" for name in variants}
+    joined, shared = [], True
+    for seed in seeds:
+        run = None
+        for name, overrides in variants.items():
+            res = run_or_load(model, list(task_names), ["finetune", method],
+                              profile.with_overrides(**overrides), seed=seed, progress=progress)
+            if run is None:
+                run = {**res, "methods": {"finetune": res["methods"]["finetune"]}}
+            else:
+                shared &= res["methods"]["finetune"]["test_hits"] == run["methods"]["finetune"]["test_hits"]
+            run["methods"][label[name]] = res["methods"][method]
+        joined.append(run)
+    names = ["finetune", *label.values()]
+    boot = st.bootstrap_seeds(joined, names, n_boot=n_boot)
+    summary = st.summarize_seeds(boot)
+    pairs = [(label[n], label[reference]) for n in variants if n != reference]
+    return {
+        "model": model, "tasks": list(joined[0]["tasks"]), "profile": profile.name,
+        "method": method, "seeds": list(seeds), "reference": reference,
+        "examples_per_seed": {str(s): r["examples"] for s, r in zip(seeds, joined)},
+        "finetune": summary["finetune"], "finetune_shared": bool(shared),
+        "variants": {n: {"overrides": dict(variants[n]), "label": label[n], **summary[label[n]],
+                         "lambda": [r["methods"][label[n]]["lambda"] for r in joined],
+                         "lambda_interior": [r["methods"][label[n]].get("lambda_interior") for r in joined],
+                         "curvature_bytes": [r["methods"][label[n]].get("curvature_bytes") for r in joined]}
+                     for n in variants},
+        "comparisons": st.compare(boot, pairs=pairs),
+        "statistics": {"intervals": "paired two-stage percentile bootstrap over seeds and test mentions "
+                                    "(kfac_tutorial.statistics)", "n_boot": n_boot,
+                       "verdict": "tie exactly when the 95% interval of the difference contains 0"},
+    }
+
+
+def variants_table(ablation: dict):
+    """A ``pandas.DataFrame``, one row per variant of :func:`variants_over_seeds`: mean
+    and 95% interval of the reduction of forgetting, plasticity and final accuracy, the
+    λ per seed, and the difference in reduction against the reference with its verdict."""
+    import pandas as pd
+
+    from .results import format_interval
+
+    diff = {c["a"]: c for c in ablation["comparisons"] if c["metric"] == "forgetting_reduction"}
+    rows = {}
+    for name, v in ablation["variants"].items():
+        c = diff.get(v["label"])
+        rows[name] = {
+            "forgetting reduction": format_interval(v["mean"]["forgetting_reduction"], v["ci95"]["forgetting_reduction"]),
+            "plasticity": format_interval(v["mean"]["plasticity"], v["ci95"]["plasticity"]),
+            "final avg accuracy": format_interval(v["mean"]["final_avg_accuracy"], v["ci95"]["final_avg_accuracy"]),
+            "λ per seed (dev)": ", ".join(f"{x:g}" for x in v["lambda"]),
+            f"reduction − {ablation['reference']}": "reference" if c is None else
+            f"{c['diff']:+.1%} [{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}] → "
+            + (c["verdict"] if c["verdict"] == "tie" else c["verdict"].split(" (", 1)[-1].rstrip(")")),
+        }
+    return pd.DataFrame(rows).T
+
+
+def main(argv=None) -> int:
+    """``python -m kfac_tutorial.experiments.fisher_ablation --model cnn --profile ci --tasks diseases,drugs
+    --seeds 0,1,2 --out book/results/ablation_fisher_cnn.json``: the Fisher-flavour ablation
+    (:data:`FISHER_FLAVOURS`, KFAC) over seeds, written with its command, version and commit."""
+    import argparse
+
+    from .__main__ import parse_seeds, run_provenance
+    from .profiles import get_profile
+    from .results import write_json_atomic
+
+    p = argparse.ArgumentParser(prog="python -m kfac_tutorial.experiments.fisher_ablation",
+                                description="KFAC (or EWC) under each Fisher flavour, over seeds.")
+    p.add_argument("--model", choices=("cnn", "bert"), default="cnn")
+    p.add_argument("--method", choices=("kfac", "ewc"), default="kfac")
+    p.add_argument("--profile", default="ci")
+    p.add_argument("--tasks", default="diseases,drugs")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = variants_over_seeds(args.model, [t.strip() for t in args.tasks.split(",") if t.strip()],
+                              get_profile(args.model, args.profile), FISHER_FLAVOURS, seeds,
+                              method=args.method, progress=not args.no_progress)
+    prov = run_provenance(argv)
+    prov["command"] = prov["command"].replace("kfac_tutorial.experiments ", "kfac_tutorial.experiments.fisher_ablation ", 1)
+    write_json_atomic(args.out, {**out, **prov})
+    print(variants_table(out).to_string())
+    print(f"wrote {args.out}")
+    return 0
+
