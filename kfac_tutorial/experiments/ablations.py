@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 from .cache import run_or_load
 from .profiles import Profile
 
-__all__ = ["FISHER_FLAVOURS", "compare_variants", "summary_rows", "variants_over_seeds", "variants_table"]
+__all__ = ["FISHER_FLAVOURS", "compare_variants", "reproduce_variant", "summary_rows", "variants_as_results", "variants_over_seeds", "variants_table"]
 
 _COLUMNS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
             "lambda", "seconds", "curvature_bytes")
@@ -91,7 +91,8 @@ def variants_over_seeds(model: str, task_names: Sequence[str], profile: Profile,
     and passed to :func:`kfac_tutorial.statistics.bootstrap_seeds` (two-stage paired
     bootstrap over seeds and test mentions). Returns a JSON-able dict: ``variants``
     (name → ``overrides``, ``label``, ``mean``/``ci95`` of the metrics, ``lambda`` and
-    ``curvature_bytes`` per seed), ``comparisons`` (each variant − ``reference``, default
+    ``curvature_bytes`` per seed, ``per_seed``: the harness's entry of each seed),
+    ``comparisons`` (each variant − ``reference``, default
     the first, with :func:`~kfac_tutorial.statistics.verdict`), ``finetune`` (its
     mean/ci95) and ``finetune_shared`` (whether fine-tuning gave the same test hits in
     every variant of a seed, as it must: the variants change only the curvature)."""
@@ -127,19 +128,67 @@ def variants_over_seeds(model: str, task_names: Sequence[str], profile: Profile,
     pairs = [(label[n], label[reference]) for n in variants if n != reference]
     return {
         "model": model, "tasks": list(joined[0]["tasks"]), "profile": profile.name,
+        "torch_threads": joined[0].get("torch_threads"),
         "method": method, "seeds": list(seeds), "reference": reference,
         "examples_per_seed": {str(s): r["examples"] for s, r in zip(seeds, joined)},
         "finetune": summary["finetune"], "finetune_shared": bool(shared),
         "variants": {n: {"overrides": dict(variants[n]), "label": label[n], **summary[label[n]],
                          "lambda": [r["methods"][label[n]]["lambda"] for r in joined],
                          "lambda_interior": [r["methods"][label[n]].get("lambda_interior") for r in joined],
-                         "curvature_bytes": [r["methods"][label[n]].get("curvature_bytes") for r in joined]}
+                         "curvature_bytes": [r["methods"][label[n]].get("curvature_bytes") for r in joined],
+                         "per_seed": [r["methods"][label[n]] for r in joined]}
                      for n in variants},
+        "finetune_per_seed": [r["methods"]["finetune"] for r in joined],
         "comparisons": st.compare(boot, pairs=pairs),
         "statistics": {"intervals": "paired two-stage percentile bootstrap over seeds and test mentions "
                                     "(kfac_tutorial.statistics)", "n_boot": n_boot,
                        "verdict": "tie exactly when the 95% interval of the difference contains 0"},
     }
+
+
+def reproduce_variant(ablation: dict, variant: str, profile: Profile, seed: int | None = None,
+                      tolerance_mentions: int = 3, progress: bool = True) -> tuple[dict, dict]:
+    """Re-run one seed of one variant of a recorded :func:`variants_over_seeds` live, at
+    the λ that seed chose on dev (a one-value grid, never extended), and check it
+    (:func:`~kfac_tutorial.experiments.results.reproduction_check`: every test accuracy of
+    fine-tuning and of the method within ``tolerance_mentions`` test mentions).
+    ``profile``: the recorded profile (the variant's overrides are applied here). Returns
+    ``(live results, check)``."""
+    from .book import recorded_threads
+    from .results import reproduction_check
+
+    seeds = ablation["seeds"]
+    seed = seeds[0] if seed is None else seed
+    if seed not in seeds:
+        raise ValueError(f"seed {seed} is not recorded; recorded seeds: {seeds}")
+    if variant not in ablation["variants"]:
+        raise ValueError(f"variant {variant!r} is not recorded; recorded: {list(ablation['variants'])}")
+    if profile.name != ablation["profile"]:
+        raise ValueError(f"the record is of the {ablation['profile']!r} profile, not {profile.name!r}")
+    i, method, v = seeds.index(seed), ablation["method"], ablation["variants"][variant]
+    family = "ewc" if method.startswith("ewc") else "kfac"
+    live_profile = profile.with_overrides(**v["overrides"],
+                                          lambdas={**profile.lambdas, family: (v["lambda"][i],)})
+    with recorded_threads(ablation):
+        live = run_or_load(ablation["model"], ablation["tasks"], ["finetune", method], live_profile,
+                           seed=seed, progress=progress)
+    recorded = {"seed": seeds[0], "seeds": seeds, "tasks": ablation["tasks"],
+                "examples": ablation["examples_per_seed"][str(seeds[0])],
+                "examples_per_seed": ablation["examples_per_seed"],
+                "methods": {"finetune": {"seeds": ablation["finetune_per_seed"]},
+                            method: {"seeds": v["per_seed"]}}}
+    return live, reproduction_check(live, recorded, ["finetune", method], tolerance_mentions)
+
+
+def variants_as_results(ablation: dict) -> dict:
+    """A :func:`variants_over_seeds` record in the shape of a combined results dict
+    (methods named ``"<method> (<variant>)"``, with ``mean``, ``ci95`` and per-seed
+    entries; its ``comparisons``), for :func:`kfac_tutorial.plots.interval_bars` and
+    :func:`~kfac_tutorial.experiments.results.verdict_sentence`."""
+    methods = {v["label"]: {"mean": v["mean"], "ci95": v["ci95"], "seeds": v["per_seed"]}
+               for v in ablation["variants"].values()}
+    return {"model": ablation["model"], "profile": ablation["profile"], "tasks": ablation["tasks"],
+            "seeds": ablation["seeds"], "methods": methods, "comparisons": ablation["comparisons"]}
 
 
 def variants_table(ablation: dict):

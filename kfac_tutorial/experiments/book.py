@@ -7,6 +7,7 @@ the live re-run of one recorded seed.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,7 +16,7 @@ from .methods import METHODS, method_spec
 from .profiles import EVIDENCE_TASKS, Profile, get_profile
 from .results import reproduction_check
 
-__all__ = ["BOOK_PROFILES", "ChapterSettings", "chapter_settings", "evidence_for", "reproduce_recorded"]
+__all__ = ["BOOK_PROFILES", "ChapterSettings", "chapter_settings", "evidence_for", "recorded_threads", "reproduce_recorded"]
 
 BOOK_PROFILES = ("ci", "cpu", "full")
 
@@ -70,7 +71,8 @@ def reproduce_recorded(recorded: dict, methods: Sequence[str], profile: Profile,
 
     The swept methods run only at the λ that seed chose on dev (a one-value grid, never
     extended): a method's run does not depend on the other λ values or methods, so the
-    live run must give the recorded run of that λ. ``seed`` default: the recorded first
+    live run must give the recorded run of that λ. It runs with the recorded CPU thread
+    count (:func:`recorded_threads`). ``seed`` default: the recorded first
     seed. Returns ``(live results, check)``."""
     import json
     from dataclasses import asdict
@@ -96,9 +98,27 @@ def reproduce_recorded(recorded: dict, methods: Sequence[str], profile: Profile,
                                  "another λ; reproduce them separately")
             lambdas[spec.family] = (lam,)
     live_profile = profile.with_overrides(lambdas=lambdas)
-    live = run_or_load(recorded["model"], recorded["tasks"], list(methods), live_profile, seed=seed,
-                       progress=progress)
+    with recorded_threads(recorded):
+        live = run_or_load(recorded["model"], recorded["tasks"], list(methods), live_profile, seed=seed,
+                           progress=progress)
     return live, reproduction_check(live, recorded, methods, tolerance_mentions)
+
+
+@contextmanager
+def recorded_threads(recorded: dict):
+    """Run the body with the CPU thread count the recorded run used (``torch_threads``;
+    a matrix product split over another number of threads sums in another order, and
+    training amplifies that float noise), then restore it. On a GPU, or when the record
+    does not say, nothing changes."""
+    import torch
+
+    before, want = torch.get_num_threads(), recorded.get("torch_threads")
+    if want and not torch.cuda.is_available():
+        torch.set_num_threads(int(want))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def evidence_for(settings: ChapterSettings, recorded_path: str, progress: bool = True) -> tuple[dict, bool]:
