@@ -424,3 +424,34 @@ def test_multi_seed_figures_and_tables(seeded):
     sentence = verdict_sentence(res, "kfac", "ewc")
     assert ("cannot be told apart" in sentence) == (c["verdict"] == "tie")
     assert len(frontier_table(res)) == 6 and "plasticity" in frontier_sentence(res, "kfac", "ewc", "ewc")
+
+
+def test_variants_over_seeds_pairs_each_seed_and_reproduces_one(monkeypatch):
+    """The flavour ablation with seeds: fine-tuning is shared by the variants of a seed,
+    every comparison's verdict follows its interval, the record is JSON, and one seed of
+    one variant re-run live at its chosen λ gives the recorded accuracies exactly."""
+    from kfac_tutorial.experiments import (FISHER_FLAVOURS, reproduce_variant, variants_as_results,
+                                           variants_over_seeds, variants_table, verdict_sentence)
+    from kfac_tutorial.statistics import verdict
+
+    monkeypatch.delenv("KFAC_RESULTS_CACHE", raising=False)
+    profile = get_profile("cnn", "test").with_overrides(epochs=2)
+    variants = {k: FISHER_FLAVOURS[k] for k in ("mc, 1 sample", "empirical")}
+    ab = variants_over_seeds("cnn", TASKS, profile, variants, [0, 1], reference="mc, 1 sample",
+                             n_boot=200, progress=False)
+    ab = json.loads(json.dumps(ab))
+    assert ab["finetune_shared"] and ab["seeds"] == [0, 1] and ab["torch_threads"] == 1
+    assert [c["a"] for c in ab["comparisons"]] == ["kfac (empirical)"] * len(ab["comparisons"])
+    for c in ab["comparisons"]:
+        assert c["verdict"] == verdict(c["a"], c["b"], c["metric"], c["ci95"])
+    assert len(ab["variants"]["empirical"]["lambda"]) == 2
+    assert list(variants_table(ab).index) == ["mc, 1 sample", "empirical"]
+    view = variants_as_results(ab)
+    assert "empirical" in verdict_sentence(view, "kfac (empirical)", "kfac (mc, 1 sample)")
+    live, check = reproduce_variant(ab, "empirical", profile, seed=1, progress=False)
+    assert check["reproduced"] and check["max_mentions"] == {"finetune": 0, "kfac": 0}
+    assert [s["lambda"] for s in live["methods"]["kfac"]["sweep"]] == [ab["variants"]["empirical"]["lambda"][1]]
+    with pytest.raises(ValueError, match="not recorded"):
+        reproduce_variant(ab, "exact", profile, progress=False)
+    with pytest.raises(ValueError, match="unknown setting"):
+        variants_over_seeds("cnn", TASKS, profile, {"typo": {"mc_sample": 3}}, [0], progress=False)
