@@ -14,6 +14,10 @@
 # shared and every later task re-seeded). Every file records its command, the package
 # version and the git commit. cpu profile, offline. Merge again at any time with
 #   bash scripts/record_evidence.sh --merge-only cnn
+# After a change of the code that alters one method's numbers (the live re-run of a
+# chapter then no longer reproduces its record), re-record that method alone; its new
+# parts replace the older ones at the merge:
+#   bash scripts/record_evidence.sh --rerun kfac cnn
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -25,12 +29,20 @@ PROGRESS_FLAG=--no-progress   # PROGRESS=1: tqdm bars in the per-seed logs
 [ "${PROGRESS:-0}" = 1 ] && PROGRESS_FLAG=
 OUT="${OUT:-book/results}"
 merge_only=0
+rerun=""
 if [ "${1:-}" = "--merge-only" ]; then merge_only=1; shift; fi
+if [ "${1:-}" = "--rerun" ]; then rerun="$2"; shift 2; fi
 models=("$@")
 [ "${#models[@]}" -eq 0 ] && models=(cnn bert)
 mkdir -p "$OUT/parts"
 
 one_seed() {  # model seed
+    if [ -n "$rerun" ]; then
+        python3 -m kfac_tutorial.experiments --model "$1" --methods "$rerun" --tasks "$TASKS" \
+            --profile cpu --seeds "$2" --threads "$THREADS" $PROGRESS_FLAG \
+            --out "$OUT/parts/evidence_${1}_seed${2}_rerun_${rerun//,/_}.json"
+        return
+    fi
     for part in main baselines; do
         methods=finetune,ewc,kfac
         [ "$part" = baselines ] && methods=l2,frozen,joint
@@ -56,8 +68,14 @@ for model in "${models[@]}"; do
 import sys
 from kfac_tutorial.experiments import read_results, write_json_atomic
 from kfac_tutorial.experiments.seeds import merge_recorded
-parts = [read_results(p) for p in sys.argv[2:]]
-parts.sort(key=lambda r: (r["seed"], "methods" in r and "ewc" not in r["methods"]))  # main parts first
+import os
+# per seed: re-recorded methods first (newest first), then the main part, then the baselines;
+# a method in several parts is taken from the first (merge_recorded)
+def rank(path):
+    name = os.path.basename(path)
+    return (0, -os.path.getmtime(path)) if "_rerun_" in name else (1 if name.endswith("_main.json") else 2, 0)
+paths = sorted(sys.argv[2:], key=rank)
+parts = sorted((read_results(p) for p in paths), key=lambda r: r["seed"])  # stable: keeps the rank order per seed
 write_json_atomic(sys.argv[1], merge_recorded(*parts))
 print("wrote", sys.argv[1], "from", len(parts), "parts")
 PY
