@@ -1,0 +1,245 @@
+"""Several processes: distributed fits, wrapped models (DDP, torch.compile).
+
+Two CPU processes (``gloo``) are spawned once for the module; each fits EWC and KFAC on
+its own, uneven shard and writes what it got. The oracles are computed here, in one
+process, on all batches: a distributed fit must equal that (float64; the measured
+difference is rounding, ~1e-16 relative, asserted below 1e-12), and both ranks must end
+with bit-identical states.
+
+* ``exact``: the one-process fit on the union of the shards.
+* ``mc``: rank ``r`` draws its labels from ``rank_seed(seed, r)``, so the oracle is the
+  one-process fits of each shard with its rank's seed, weighted by the shards' sizes
+  (the mean over the union); the same seed on both shards must *not* match.
+* DDP: one training step of ``cross_entropy + λ · penalty`` through a DDP-wrapped model
+  equals the mean over the ranks of the plain model's gradients (the penalty's gradient
+  is neither lost nor doubled by DDP's reduction); a state fitted and saved through DDP
+  loads into the plain model and equals the plain fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import kfac_tutorial as kt
+from kfac_tutorial.curvature.distributed import payload_numel, rank_seed
+
+try:
+    from . import models as M
+except ImportError:  # run as a plain module
+    import models as M
+
+WORLD = 2
+SHARDS = [[3], [4, 2, 2]]  # batch sizes of rank 0 and rank 1: 3 and 8 examples (uneven)
+LAM = 0.7
+MC_SEED = 5
+RTOL = 1e-12  # float64; measured differences are ~1e-16 relative
+
+
+def _model_and_batches():
+    model, batches = M.masked_pool_classifier(seed=0, n=11, t=5)  # Embedding, LayerNorm, Linear ×2
+    return model, M.split_batches(batches, [b for shard in SHARDS for b in shard])
+
+
+def _shard(batches, rank: int):
+    start = sum(len(s) for s in SHARDS[:rank])
+    return batches[start:start + len(SHARDS[rank])]
+
+
+def _perturbed(model):
+    M.perturb(model, scale=0.3, seed=11)
+    return model
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        model, batches = _model_and_batches()
+        shard = _shard(batches, rank)
+        out_dir = Path(out)
+        kt.EWC.fit(model, shard, fisher="exact", progress=False).save(out_dir / f"ewc_exact_{rank}.safetensors")
+        kt.KFAC.fit(model, shard, fisher="exact", progress=False).save(out_dir / f"kfac_exact_{rank}.safetensors")
+        kt.KFAC.fit(model, shard, fisher="exact", weight_sharing="expand", progress=False).save(
+            out_dir / f"kfac_expand_{rank}.safetensors")
+        kt.KFAC.fit(model, shard, fisher="mc", mc_samples=2, seed=MC_SEED, progress=False).save(
+            out_dir / f"kfac_mc_{rank}.safetensors")
+        kt.EWC.fit(model, shard, fisher="mc", mc_samples=2, seed=MC_SEED, progress=False).save(
+            out_dir / f"ewc_mc_{rank}.safetensors")
+        local = kt.KFAC.fit(model, shard, fisher="exact", progress=False, distributed=False)
+        local.save(out_dir / f"kfac_local_{rank}.safetensors")
+
+        ddp = DDP(model)
+        state = kt.KFAC.fit(ddp, shard, fisher="exact", progress=False)  # through the wrapper
+        if rank == 0:
+            state.save(out_dir / "kfac_ddp.safetensors")
+        dist.barrier()
+        loaded = kt.KFAC.load(out_dir / "kfac_ddp.safetensors", ddp)  # and back into a wrapper
+        # one training step through DDP: task loss on this rank's first batch + λ · penalty
+        ddp.train()
+        _perturbed(model)
+        inputs, targets = shard[0]
+        loss = torch.nn.functional.cross_entropy(ddp(inputs), targets) + LAM * loaded.penalty(ddp)
+        loss.backward()
+        grads = {n: p.grad.tolist() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            penalty = {"ddp": float(loaded.penalty(ddp)), "plain": float(loaded.penalty(model))}
+        (out_dir / f"ddp_{rank}.json").write_text(json.dumps({"grads": grads, "penalty": penalty}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """Run :func:`_worker` on two gloo ranks once; the folder of what they wrote."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+def _assert_states_close(state, oracle, rtol=RTOL) -> None:
+    assert set(state.diagonal) == set(oracle.diagonal)
+    for n, d in oracle.diagonal.items():
+        assert _relative_gap(state.diagonal[n], d) <= rtol, n
+    factors = getattr(oracle, "factors", {})
+    assert set(getattr(state, "factors", {})) == set(factors)
+    for m, f in factors.items():
+        assert _relative_gap(state.factors[m].A, f.A) <= rtol, (m, "A")
+        assert _relative_gap(state.factors[m].G, f.G) <= rtol, (m, "G")
+    assert state.info["num_examples"] == oracle.info["num_examples"]
+
+
+def _load(path, model):
+    return kt.load(path, model)
+
+
+def _ranks_agree(spawned, name, model):
+    """Both ranks hold the same state, bit for bit; returns rank 0's."""
+    states = [_load(spawned / f"{name}_{r}.safetensors", model) for r in range(WORLD)]
+    for key, t in states[0]._tensors().items():
+        assert torch.equal(t, states[1]._tensors()[key]), key
+    return states[0]
+
+
+@pytest.mark.parametrize("name, cls, kwargs", [
+    ("ewc_exact", kt.EWC, {}),
+    ("kfac_exact", kt.KFAC, {}),
+    ("kfac_expand", kt.KFAC, {"weight_sharing": "expand"}),
+])
+def test_uneven_shards_equal_one_process_on_all_batches(spawned, name, cls, kwargs):
+    model, batches = _model_and_batches()
+    oracle = cls.fit(model, batches, fisher="exact", progress=False, **kwargs)
+    state = _ranks_agree(spawned, name, model)
+    assert state.info["num_examples"] == 11 and state.info["processes"] == WORLD
+    _assert_states_close(state, oracle)
+
+
+def test_distributed_false_fits_the_own_shard_only(spawned):
+    model, batches = _model_and_batches()
+    for rank in range(WORLD):
+        local = _load(spawned / f"kfac_local_{rank}.safetensors", model)
+        assert "processes" not in local.info
+        _assert_states_close(local, kt.KFAC.fit(model, _shard(batches, rank), fisher="exact", progress=False))
+    union = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
+    assert _relative_gap(local.factors["head"].G, union.factors["head"].G) > 1e-3  # a shard is not the union
+
+
+def _size_weighted_mc(cls, model, batches, seeds):
+    """The union's mean from one-process fits of each shard with the given seeds."""
+    fits = [cls.fit(model, _shard(batches, r), fisher="mc", mc_samples=2, seed=seeds[r], progress=False)
+            for r in range(WORLD)]
+    sizes = [f.info["num_examples"] for f in fits]
+    total = sum(sizes)
+
+    def mean(get):
+        return sum(n * get(f) for n, f in zip(sizes, fits)) / total
+
+    diagonal = {n: mean(lambda f, n=n: f.diagonal[n]) for n in fits[0].diagonal}
+    if cls is kt.EWC:
+        return kt.EWC(fits[0].anchor, diagonal, info={"num_examples": total})
+    factors = {}
+    for m, f0 in fits[0].factors.items():
+        A = mean(lambda f, m=m: f.factors[m].A)  # reduce and embedding counts: per-example means
+        if f0.A.dim() == 1:  # embedding: normalised by positions, not examples
+            A = cls.fit(model, batches, fisher="mc", progress=False).factors[m].A  # labels do not enter A
+        factors[m] = type(f0)(f0.kind, A, mean(lambda f, m=m: f.factors[m].G), f0.weight, f0.bias)
+    return kt.KFAC(fits[0].anchor, diagonal, factors, info={"num_examples": total})
+
+
+@pytest.mark.parametrize("name, cls", [("kfac_mc", kt.KFAC), ("ewc_mc", kt.EWC)])
+def test_mc_labels_follow_the_per_rank_seed_rule(spawned, name, cls):
+    model, batches = _model_and_batches()
+    state = _ranks_agree(spawned, name, model)
+    oracle = _size_weighted_mc(cls, model, batches, [rank_seed(MC_SEED, r) for r in range(WORLD)])
+    _assert_states_close(state, oracle)
+    same_seed = _size_weighted_mc(cls, model, batches, [MC_SEED, MC_SEED])
+    gaps = [_relative_gap(state.diagonal[n], d) for n, d in same_seed.diagonal.items()]
+    assert max(gaps) > 1e-6  # one seed on every rank would draw other labels
+
+
+def test_rank_seed():
+    assert rank_seed(7, 0) == 7  # one process draws what it always drew
+    seeds = {rank_seed(s, r) for s in range(4) for r in range(1, 4)}
+    assert len(seeds) == 12 and not seeds & set(range(100))
+
+
+def test_state_fitted_under_ddp_loads_into_the_plain_model(spawned):
+    model, batches = _model_and_batches()
+    state = kt.KFAC.load(spawned / "kfac_ddp.safetensors", model)  # names without "module."
+    assert all(not n.startswith("module.") for n in state.anchor)
+    _assert_states_close(state, kt.KFAC.fit(model, batches, fisher="exact", progress=False))
+
+
+def test_ddp_step_with_penalty_equals_the_plain_gradient(spawned):
+    model, batches = _model_and_batches()
+    state = kt.KFAC.load(spawned / "kfac_ddp.safetensors", model)
+    _perturbed(model)
+    model.train()
+    grads = []
+    for rank in range(WORLD):
+        model.zero_grad()
+        inputs, targets = _shard(batches, rank)[0]
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets) + LAM * state.penalty(model)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    expected = {n: sum(g[n] for g in grads) / WORLD for n in grads[0]}  # DDP averages the ranks
+    penalty_grad = torch.autograd.grad(state.penalty(model), list(model.parameters()))
+    assert max(float(g.abs().max()) for g in penalty_grad) > 1e-3  # the penalty matters here
+    for rank in range(WORLD):
+        got = json.loads((spawned / f"ddp_{rank}.json").read_text())
+        assert got["penalty"]["ddp"] == got["penalty"]["plain"] > 0
+        assert got["penalty"]["ddp"] == pytest.approx(float(state.penalty(model).detach()), rel=1e-12)
+        for n, g in expected.items():
+            assert _relative_gap(torch.tensor(got["grads"][n], dtype=g.dtype), g) <= 1e-10, n
+
+
+def test_compiled_model_uses_the_plain_names(tmp_path):
+    model, batches = _model_and_batches()
+    compiled = torch.compile(model)  # no forward through it: nothing is compiled
+    assert any(n.startswith("_orig_mod.") for n, _ in compiled.named_parameters())
+    state = kt.KFAC.fit(compiled, batches, fisher="exact", progress=False)
+    assert list(state.anchor) == [n for n, _ in model.named_parameters()]
+    plain = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
+    _assert_states_close(state, plain, rtol=0.0)
+    _perturbed(model)
+    assert float(state.penalty(compiled)) == float(plain.penalty(model)) > 0
+    assert torch.equal(state.to_dense(compiled), plain.to_dense(model))
+    state.save(tmp_path / "c.safetensors")
+    assert torch.equal(kt.load(tmp_path / "c.safetensors", model).to_dense(model), plain.to_dense(model))
+
+
+def test_payload_counts_upper_triangles():
+    assert payload_numel([(4, 4), (7,), (3, 5)], packed=True) == 10 + 7 + 15
+    assert payload_numel([(4, 4), (7,), (3, 5)], packed=False) == 16 + 7 + 15
