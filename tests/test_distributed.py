@@ -359,3 +359,17 @@ def test_trainer_curvature_is_the_fit_over_the_whole_dataset(trainer_runs):
     batches = [({k: torch.stack([ex[k] for ex in examples]) for k in ("input_ids", "attention_mask")},
                 torch.stack([ex["labels"] for ex in examples]))]
     _assert_states_close(saved, kt.KFAC.fit(model, batches, fisher="exact", progress=False), rtol=1e-5)
+
+
+def test_communication_report_counts_the_states_bytes():
+    from kfac_tutorial.curvature.distributed import communication_report
+
+    model, batches = _model_and_batches()
+    for kronecker, cls in ((True, kt.KFAC), (False, kt.EWC)):
+        state = cls.fit(model, batches, fisher="exact", progress=False)
+        report = communication_report(model, kronecker=kronecker, bytes_per_number=8)  # float64 model
+        assert report["factor_bytes"] == state.memory_bytes()
+        if kronecker:
+            d = {m: (f.A.shape, f.G.shape) for m, f in state.factors.items()}
+            saved = sum(8 * (s[0] * (s[0] - 1) // 2) for shapes in d.values() for s in shapes if len(s) == 2)
+            assert report["full_bytes"] - report["packed_bytes"] == saved > 0

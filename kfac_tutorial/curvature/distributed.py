@@ -36,7 +36,8 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from .accumulate import Accumulator
 
-__all__ = ["group_for", "payload_numel", "rank_of", "rank_seed", "reduce_accumulator", "world_size"]
+__all__ = ["communication_report", "group_for", "payload_numel", "rank_of", "rank_seed", "reduce_accumulator",
+           "world_size"]
 
 BUCKET_NUMEL = 1 << 24  # numbers per all_reduce call (64 MiB of float32)
 
@@ -123,6 +124,36 @@ def payload_numel(shapes: list[tuple[int, ...]], packed: bool = True) -> int:
                 n *= s
             total += n
     return total
+
+
+def communication_report(model, kronecker: bool = True, diagonal_modules=(), bytes_per_number: int = 4) -> dict:
+    """What one rank sends per fit of ``model`` (no data needed: the plan's shapes).
+
+    Returns ``{"packed_bytes", "full_bytes", "factor_bytes", "kronecker_layers",
+    "diagonal_numbers"}``: the all-reduced statistics with symmetric factors as upper
+    triangles (what :func:`reduce_accumulator` sends) and as whole matrices, against the
+    bytes of the factors and diagonals a state holds (``memory_bytes()``, full factors),
+    at ``bytes_per_number`` (4: float32 statistics of a float32 model); the example and
+    position counts (float64) are included in both payloads. Parameters a fit leaves to
+    ``torch.func`` (used functionally) are counted as diagonals too, as the fit does."""
+    from .model_io import unwrap
+    from .plan import Plan
+    from .rules import rule_for
+
+    model = unwrap(model)
+    plan = Plan(model, kronecker, tuple(diagonal_modules))
+    shapes = []
+    for mname, (_, bname) in plan.kronecker.items():
+        module = plan.modules[mname]
+        shapes.extend(rule_for(module).factors.shapes(tuple(module.weight.shape), bname is not None))
+    in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
+    diagonal = sum(p.numel() for n, p in plan.params.items() if n not in in_kron)
+    counts = 8 * (1 + len(plan.kronecker))
+    packed, full = payload_numel(shapes, packed=True), payload_numel(shapes, packed=False)
+    return {"packed_bytes": bytes_per_number * (packed + diagonal) + counts,
+            "full_bytes": bytes_per_number * (full + diagonal) + counts,
+            "factor_bytes": bytes_per_number * (full + diagonal),
+            "kronecker_layers": len(plan.kronecker), "diagonal_numbers": diagonal}
 
 
 def _all_reduce_flat(tensors: list[Tensor], group: Any) -> list[Tensor]:

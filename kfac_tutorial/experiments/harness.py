@@ -42,7 +42,7 @@ import torch
 
 from .. import metrics
 from ..linkers import ConceptInventory, Linker, bert_linker, cnn_linker
-from ..training import evaluate, linking_batches, train
+from ..training import linking_batches, train
 from ..statistics import encode_hits
 from ..training import evaluate_hits
 from .methods import METHOD_SPECS, METHODS, L2Anchor, frozen_encoder, method_spec
@@ -239,6 +239,10 @@ class _Sequence:
         if p.fisher_examples:
             examples = examples[: p.fisher_examples]
         batches = list(linking_batches(linker, examples, p.batch_size))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # several processes: every rank fits on its share of the batches; the fit sums
+            # the statistics over the ranks (kfac_tutorial.curvature.distributed)
+            batches = batches[torch.distributed.get_rank()::torch.distributed.get_world_size()]
         common = dict(fisher=p.fisher, mc_samples=p.mc_samples, seed=self.seed * 1000 + t,
                       progress=False)
         if family == "ewc":
