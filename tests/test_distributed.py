@@ -19,6 +19,7 @@ with bit-identical states.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         with torch.no_grad():
             penalty = {"ddp": float(loaded.penalty(ddp)), "plain": float(loaded.penalty(model))}
         (out_dir / f"ddp_{rank}.json").write_text(json.dumps({"grads": grads, "penalty": penalty}))
+        _trainer_part(rank, out_dir)  # same processes and group: one start-up for the whole file
     finally:
         dist.destroy_process_group()
 
@@ -276,18 +278,19 @@ def _task(seed: int) -> list[dict]:
             for i in range(TRAINER_EXAMPLES)]
 
 
-def _trainer_worker(rank: int, port: int, out: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    torch.set_num_threads(1)
+def _trainer_part(rank: int, out_dir: Path) -> None:
+    """Two-process ``ConsolidationTrainer`` runs (the process group is initialised: the
+    Trainer's accelerate state finds it through the torchrun-style variables)."""
+    try:
+        import accelerate  # noqa: F401  (the Trainer needs it)
+    except ImportError:
+        return
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT="29500", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     from safetensors.torch import save_file
     from transformers import TrainingArguments
 
     from kfac_tutorial.integrations.hf_trainer import ConsolidationTrainer
-
-    out_dir = Path(out)
 
     def args(steps):
         return TrainingArguments(output_dir=str(out_dir / "trainer"), use_cpu=True, per_device_train_batch_size=4,
@@ -316,22 +319,10 @@ def _trainer_worker(rank: int, port: int, out: str) -> None:
     (out_dir / f"trainer_{rank}.json").write_text(json.dumps(runs))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def trainer_runs(tmp_path_factory):
-    pytest.importorskip("accelerate")  # the Trainer needs it
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("trainer")
-    mp.spawn(_trainer_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return out
+def trainer_runs(spawned):
+    pytest.importorskip("accelerate")  # the Trainer needs it; the workers skipped it otherwise
+    return spawned
 
 
 def test_trainer_trains_with_the_penalty_on_two_processes(trainer_runs):
@@ -373,3 +364,27 @@ def test_communication_report_counts_the_states_bytes():
             d = {m: (f.A.shape, f.G.shape) for m, f in state.factors.items()}
             saved = sum(8 * (s[0] * (s[0] - 1) // 2) for shapes in d.values() for s in shapes if len(s) == 2)
             assert report["full_bytes"] - report["packed_bytes"] == saved > 0
+
+
+def test_harness_under_torchrun_writes_the_json_once(tmp_path):
+    """``torchrun --nproc_per_node 2 -m kfac_tutorial.experiments`` (test profile, toy
+    tasks, one λ): DDP training and a 2-rank Fisher; rank 0 alone prints and writes."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+         "-m", "kfac_tutorial.experiments", "--model", "cnn", "--profile", "test", "--methods", "finetune,kfac",
+         "--tasks", "toy-a,toy-b", "--lambda", "kfac=10", "--seed", "0", "--no-progress", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("kfac ") >= 1
+    results = json.loads(out.read_text())
+    assert results["processes"] == WORLD
+    assert set(results["methods"]) == {"finetune", "kfac"}
+    kfac = results["methods"]["kfac"]
+    assert kfac["lambda"] == 10 and len(kfac["accuracy_matrix"]) == 2 and kfac["curvature_bytes"] > 0
