@@ -73,6 +73,8 @@ def _worker(rank: int, init_file: str, out: str) -> None:
             out_dir / f"kfac_mc_{rank}.safetensors")
         kt.EWC.fit(model, shard, fisher="mc", mc_samples=2, seed=MC_SEED, progress=False).save(
             out_dir / f"ewc_mc_{rank}.safetensors")
+        kt.KFAC.fit(model, shard if rank == 0 else [], fisher="exact", progress=False).save(  # rank 1: no batch
+            out_dir / f"kfac_empty_{rank}.safetensors")
         local = kt.KFAC.fit(model, shard, fisher="exact", progress=False, distributed=False)
         local.save(out_dir / f"kfac_local_{rank}.safetensors")
 
@@ -155,6 +157,12 @@ def test_uneven_shards_equal_one_process_on_all_batches(spawned, name, cls, kwar
     state = _ranks_agree(spawned, name, model)
     assert state.info["num_examples"] == 11 and state.info["processes"] == WORLD
     _assert_states_close(state, oracle)
+
+
+def test_a_rank_without_batches_adds_nothing(spawned):
+    model, batches = _model_and_batches()
+    state = _ranks_agree(spawned, "kfac_empty", model)
+    _assert_states_close(state, kt.KFAC.fit(model, _shard(batches, 0), fisher="exact", progress=False))
 
 
 def test_distributed_false_fits_the_own_shard_only(spawned):
