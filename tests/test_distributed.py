@@ -2,9 +2,11 @@
 
 Two CPU processes (``gloo``) are spawned once for the module; each fits EWC and KFAC on
 its own, uneven shard and writes what it got. The oracles are computed here, in one
-process, on all batches: a distributed fit must equal that (float64; the measured
-difference is rounding, ~1e-16 relative, asserted below 1e-12), and both ranks must end
-with bit-identical states.
+process, on all batches: a distributed fit must equal that (float64; measured on
+2026-12-02: at most 3.6e-16 of the largest entry of each factor kind, i.e. rounding;
+asserted below 1e-12), and both ranks must end with bit-identical states. The Trainer's
+float32 tiny BERT is compared at 1e-5 (benchmarks/distributed.py measured 7.5e-7 for a
+float32 BERT).
 
 * ``exact``: the one-process fit on the union of the shards.
 * ``mc``: rank ``r`` draws its labels from ``rank_seed(seed, r)``, so the oracle is the
@@ -37,7 +39,7 @@ WORLD = 2
 SHARDS = [[3], [4, 2, 2]]  # batch sizes of rank 0 and rank 1: 3 and 8 examples (uneven)
 LAM = 0.7
 MC_SEED = 5
-RTOL = 1e-12  # float64; measured differences are ~1e-16 relative
+RTOL = 1e-12  # float64; measured differences are at most 3.6e-16 relative
 
 
 def _model_and_batches():
