@@ -113,9 +113,19 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
     ``on_epoch_end(epoch, mean_loss)``, if given, is called after every epoch (e.g. to
     score a dev split for a learning curve; it may switch the model to eval mode: the
     next epoch switches it back to training mode).
+
+    Several processes (``torch.distributed`` initialised, e.g. under ``torchrun``): the
+    model is wrapped in ``DistributedDataParallel`` for this call and every rank takes
+    its slice of each batch (:func:`rank_slice`), its summed loss scaled so that DDP's
+    average over the ranks is the whole batch's mean: the same steps as one process.
     """
     opt = torch.optim.AdamW(_param_groups(model, lr, head_lr), weight_decay=0.0)
     model.train()
+    ddp = _ddp(model)
+    if ddp is not None:
+        return _train_ddp(model, ddp, opt, batches, epochs=epochs, penalty=penalty, lam=lam, method=method,
+                          task=task, max_grad_norm=max_grad_norm, label_smoothing=label_smoothing,
+                          progress=progress, on_epoch_end=on_epoch_end)
     history, step = [], 0
     bar = None
     if progress:
@@ -152,6 +162,92 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            history.append(total / max(count, 1))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history[-1])
+                model.train()
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def _ddp(model: nn.Module):
+    """``DistributedDataParallel(model)`` when ``torch.distributed`` is initialised with
+    more than one rank, else None (one process: :func:`train` is unchanged)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def rank_slice(n: int, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """Rows of an ``n``-example batch that ``rank`` of ``world`` trains on (contiguous,
+    sizes differing by at most one) and the weight of its summed loss, ``world / n``, so
+    that the mean over the ranks of ``weight · Σ_rows loss`` is the batch's mean loss. A
+    rank left without rows (``n < world``) gets row 0 with weight 0 (DDP needs every
+    rank's forward and backward)."""
+    rows = torch.tensor_split(torch.arange(n), world)[rank]
+    if rows.numel() == 0:
+        return torch.zeros(1, dtype=torch.long), 0.0
+    return rows, world / n
+
+
+def _take(inputs, rows: torch.Tensor):
+    if isinstance(inputs, dict):
+        return {k: v[rows.to(v.device)] for k, v in inputs.items()}
+    return inputs[rows.to(inputs.device)]
+
+
+def _train_ddp(model, ddp, opt, batches, *, epochs, penalty, lam, method, task, max_grad_norm, label_smoothing,
+               progress, on_epoch_end) -> list[float]:
+    """:func:`train` on several processes (see there): this rank's slice of every batch."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    history, step = [], 0
+    bar = None
+    if progress and rank == 0:
+        from .progress import progress_bar as tqdm
+
+        bar = tqdm(total=epochs * len(batches), desc=f"{method} · {task}", leave=False)
+    try:
+        for epoch in range(epochs):
+            if hasattr(batches, "set_epoch"):
+                batches.set_epoch(epoch)
+            total, count = 0.0, 0
+            for inputs, targets in batches:
+                rows, weight = rank_slice(len(targets), rank, world)
+                logits = ddp(_take(inputs, rows))
+                mine = targets[rows.to(targets.device)]
+                if label_smoothing:
+                    logp = F.log_softmax(logits, dim=-1)
+                    live = logits > MASKED_LOGIT / 2
+                    smooth = -(logp * live).sum(-1) / live.sum(-1)
+                    nll = -logp.gather(1, mine[:, None]).squeeze(1)
+                    per_example = (1 - label_smoothing) * nll + label_smoothing * smooth
+                else:
+                    per_example = F.cross_entropy(logits, mine, reduction="none")
+                loss = weight * per_example.sum()
+                if penalty is not None and lam != 0.0:
+                    loss = loss + lam * penalty(model)  # the same on every rank: DDP's mean keeps it
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(method, task, step, float(loss.detach()))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                opt.step()
+                total += float(loss.detach()) * len(targets)
+                count += len(targets)
+                step += 1
+                if bar is not None:
+                    bar.update(1)
             history.append(total / max(count, 1))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history[-1])

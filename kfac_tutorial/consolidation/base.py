@@ -12,14 +12,18 @@ from torch import Tensor, nn
 from .. import __version__
 from ..curvature import FisherType, Likelihood, WeightSharing, estimate
 from ..curvature.estimate import Estimate
+from ..curvature.distributed import group_for, world_size
 from ..curvature.flavours import parse_enum
+from ..curvature.model_io import unwrap
 from ..persistence import PathLike, StateFileError, StateMismatchError, read_state, write_state
 from .registry import STATE_TYPES
 from .sums import ConsolidationSum
 
 
 def trainable(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    """``{name: parameter}`` of the trainable parameters, named as in the unwrapped model
+    (a DDP- or compile-wrapped model: the names of the module it wraps)."""
+    return {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -109,8 +113,10 @@ class Consolidation:
     def _estimate(
         cls, model: nn.Module, batches: Iterable, *, fisher, mc_samples, likelihood, seed, damping, progress,
         kronecker: bool, weight_sharing: str = "reduce", diagonal_modules: Sequence[str] = (), strict: bool = False,
+        distributed: bool = True, process_group=None,
     ) -> tuple[Estimate, dict[str, Tensor], dict]:
         """Validate the arguments shared by every ``fit``, run the estimate, copy the anchor."""
+        model = unwrap(model)
         fisher = parse_enum(FisherType, fisher, "fisher")
         likelihood = parse_enum(Likelihood, likelihood, "likelihood")
         if weight_sharing not in WeightSharing.CHOICES:
@@ -122,6 +128,7 @@ class Consolidation:
             model, batches, fisher=fisher, likelihood=likelihood, mc_samples=mc_samples, seed=seed,
             kronecker=kronecker, weight_sharing=weight_sharing, diagonal_modules=tuple(diagonal_modules),
             progress=progress, description=f"{cls.kind} Fisher ({fisher.value})", strict=strict,
+            distributed=distributed, process_group=process_group,
         )
         anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
         info = {
@@ -130,6 +137,9 @@ class Consolidation:
         }
         if kronecker:
             info["weight_sharing"] = weight_sharing
+        processes = world_size(group_for(distributed, process_group))
+        if processes > 1:
+            info["processes"] = processes  # statistics summed over this many ranks
         return est, anchor, info
 
     def _merged_info(self, new: "Consolidation", gamma: float) -> dict:
@@ -137,7 +147,7 @@ class Consolidation:
 
     # -- the penalty -------------------------------------------------------------------
     def _params(self, model: nn.Module) -> dict[str, Tensor]:
-        params = dict(model.named_parameters())
+        params = dict(unwrap(model).named_parameters())
         missing = [n for n in self.anchor if n not in params]
         if missing:
             raise StateMismatchError(f"the model has no parameters {missing[:5]} that this {self.kind} state consolidates")

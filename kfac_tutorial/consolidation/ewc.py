@@ -27,6 +27,8 @@ class EWC(Consolidation):
         seed: int = 0,
         damping: float = 0.0,
         progress: bool = True,
+        distributed: bool = True,
+        process_group=None,
     ) -> "EWC":
         """Estimate ``diag F = (1/N) Σ_n Σ_v w_v (J_nᵀ v)²`` from per-example gradients.
 
@@ -43,9 +45,21 @@ class EWC(Consolidation):
             seed: seeds the label sampling.
             damping: ``δ`` of ``F̂ + δI`` in the penalty.
             progress: show a tqdm progress bar.
+            distributed: when ``torch.distributed`` is initialised, sum the unnormalised
+                statistics and example counts of every rank of ``process_group`` (default:
+                the default group) before normalising: every rank must call ``fit`` with
+                its own shard and gets the state over the union of the shards
+                (:mod:`kfac_tutorial.curvature.distributed`; ``mc`` labels per rank from
+                ``rank_seed(seed, rank)``). ``False``: this process's batches only.
+            process_group: the ``torch.distributed`` group to combine over.
+
+        A model wrapped in ``DistributedDataParallel`` or compiled with ``torch.compile``
+        is estimated through the module it wraps: the state names its parameters as the
+        plain model does (``penalty``, ``to_dense``, ``save``/``load`` accept either).
         """
         est, anchor, info = cls._estimate(model, batches, fisher=fisher, mc_samples=mc_samples, likelihood=likelihood,
-                                          seed=seed, damping=damping, progress=progress, kronecker=False)
+                                          seed=seed, damping=damping, progress=progress, kronecker=False,
+                                          distributed=distributed, process_group=process_group)
         return cls(anchor, est.diagonal, damping=damping, info=info)
 
     def merge(self, new: "EWC", gamma: float = 1.0) -> "EWC":

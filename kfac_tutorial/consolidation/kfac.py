@@ -9,6 +9,7 @@ from torch import nn
 
 from ..curvature import LayerFactors
 from ..curvature.factors import FACTOR_TYPES
+from ..curvature.model_io import unwrap
 from ..persistence import StateFileError, StateMismatchError
 from .base import Consolidation, check_gamma
 
@@ -42,6 +43,8 @@ class KFAC(Consolidation):
         damping: float = 0.0,
         progress: bool = True,
         strict: bool = False,
+        distributed: bool = True,
+        process_group=None,
     ) -> "KFAC":
         """Estimate Kronecker factors for every layer with a rule (Linear, HF Conv1D,
         Conv1d, Conv2d, Embedding, and their subclasses), a diagonal elsewhere.
@@ -54,12 +57,14 @@ class KFAC(Consolidation):
         that falls back to a diagonal (no rule for its type, an unsupported
         configuration, a weight used functionally or shared) is named in one
         ``DiagonalFallbackWarning``; ``strict=True`` raises a ``ValueError`` instead.
-        Other arguments as :meth:`EWC.fit`.
+        Other arguments (``distributed``, ``process_group``: several processes; wrapped
+        models) as :meth:`EWC.fit`; across ranks, symmetric factors are summed as packed
+        upper triangles.
         """
         est, anchor, info = cls._estimate(
             model, batches, fisher=fisher, mc_samples=mc_samples, likelihood=likelihood, seed=seed, damping=damping,
             progress=progress, kronecker=True, weight_sharing=weight_sharing, diagonal_modules=diagonal_modules,
-            strict=strict,
+            strict=strict, distributed=distributed, process_group=process_group,
         )
         return cls(anchor, est.diagonal, est.factors, damping=damping, info=info)
 
@@ -122,7 +127,7 @@ class KFAC(Consolidation):
         return tensors
 
     def _load_extra(self, tensors, meta, model, prefix, get, source):
-        modules = dict(model.named_modules())
+        modules = dict(unwrap(model).named_modules())
         for spec in meta.get("factors", []):
             m = spec["module"]
             if m not in modules:

@@ -27,6 +27,11 @@ trainable bias):
   true gradient). Layers without a rule fall back to ``torch.func`` per-example
   gradients (``vmap(grad)``), exact for any model that ``vmap`` supports.
 
+Several processes (``torch.distributed`` initialised, ``distributed=True``): each rank
+runs this pass on its own batches, then the unnormalised sums and counts are added up
+over the ranks before normalising (:mod:`.distributed`), so every rank returns the
+estimate over the union of the shards.
+
 The pass is split by concept: :mod:`.plan` (who gets what), :mod:`.capture` (recording
 calls), :mod:`.probes` (alignment, explained gradients, cached), :mod:`.accumulate`
 (the sums), :mod:`.factors` (the factor types), :mod:`.rules` (one rule per layer type).
@@ -46,7 +51,8 @@ from .accumulate import Accumulator, WeightSharing, symmetrized
 from .capture import CallRecorder
 from .factors import LayerFactors
 from .flavours import IGNORE_INDEX, FisherType, Likelihood, backprop_vectors
-from .model_io import batch_size_of, has_non_finite, logits_of, takes_keywords, to_device
+from .distributed import group_for, rank_of, rank_seed, reduce_accumulator
+from .model_io import batch_size_of, has_non_finite, logits_of, takes_keywords, to_device, unwrap
 from .plan import Plan
 from .probes import (  # noqa: F401  (_PROBE_CACHE re-exported from its former home)
     _PROBE_CACHE,
@@ -107,19 +113,30 @@ def estimate(
     chunk_size: int = 8,
     description: str = "Fisher",
     strict: bool = False,
+    distributed: bool = True,
+    process_group=None,
 ) -> Estimate:
     """Estimate the mean per-example Fisher of ``model`` over ``batches`` (see module doc).
 
     With ``kronecker=True``, modules whose parameters fall back to a diagonal Fisher
     (no rule for the type, an unsupported configuration, a weight used functionally or
     shared) are named in one :class:`DiagonalFallbackWarning`; ``strict=True`` raises a
-    ``ValueError`` instead."""
+    ``ValueError`` instead.
+
+    ``model`` may be wrapped (DDP, ``torch.compile``): the pass runs on the module it wraps
+    (:func:`.model_io.unwrap`). When ``torch.distributed`` is initialised and
+    ``distributed`` is True, every rank of ``process_group`` (default: the default group)
+    must call this with its own batches: the result is the estimate over all ranks'
+    batches, the same on every rank (:mod:`.distributed`); ``mc`` labels come from the
+    generator seeded with ``rank_seed(seed, rank)``."""
+    model = unwrap(model)
+    group = group_for(distributed, process_group)
     plan = Plan(model, kronecker, diagonal_modules)
     if not plan.params:
         raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to estimate.")
     device = next(iter(plan.params.values())).device
     acc_dtype = torch.float64 if any(p.dtype == torch.float64 for p in plan.params.values()) else torch.float32
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(rank_seed(seed, rank_of(group)))
     probe_generator = torch.Generator(device=device).manual_seed(seed + 7919)
     aligned_cache: dict[tuple[str, int], bool] = {}
     cache = model_cache(model)
@@ -186,6 +203,10 @@ def estimate(
                 recorder.reset()
     finally:
         model.train(was_training)
+    if group is not None:
+        if acc is None:  # this rank saw no batch: it still adds its zeros to the others' sums
+            acc = Accumulator(plan, weight_sharing, acc_dtype, device, chunk_size)
+        num_examples = reduce_accumulator(acc, num_examples, group)
     if num_examples == 0:
         raise ValueError("batches is empty: the Fisher needs at least one example.")
     factors, diagonal = acc.finish(num_examples, plan.modules)

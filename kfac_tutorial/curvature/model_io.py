@@ -5,6 +5,9 @@
   argument (model(batch), the linkers of this package).
 * The logits are the output itself, its .logits (a Hugging Face ModelOutput) or
   a tuple's first element.
+* A wrapped model (``DistributedDataParallel``, ``DataParallel``: ``.module``; a
+  ``torch.compile``'d model: ``._orig_mod``) is used through the module it wraps
+  (:func:`unwrap`), so parameter names never carry ``module.`` or ``_orig_mod.``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,26 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module a wrapper holds, unwrapped repeatedly: ``DistributedDataParallel`` and
+    ``DataParallel`` (``.module``), ``torch.compile``'s ``OptimizedModule``
+    (``._orig_mod``). Any other module is returned as it is.
+
+    The wrapped module shares its parameters with the wrapper (the same tensors), so a
+    penalty computed on it back-propagates into the wrapper's parameters, and a state
+    fitted through a wrapper names its parameters as the plain model does."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    for _ in range(16):  # wrappers nest at most a few levels (compile of DDP, ...)
+        if isinstance(model, (DistributedDataParallel, DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+    return model
 
 
 def takes_keywords(model: nn.Module, inputs: Any) -> bool:

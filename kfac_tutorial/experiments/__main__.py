@@ -3,6 +3,11 @@
     python -m kfac_tutorial.experiments --model bert --methods finetune,ewc,kfac \\
         --tasks diseases,drugs,phenotypes --profile ci --seeds 0,1,2 --out results.json
 
+Several processes (DDP; batches sliced over the ranks, the Fisher summed over them,
+evaluation repeated on every rank, the JSON and the printout from rank 0 only)::
+
+    torchrun --nproc_per_node 2 -m kfac_tutorial.experiments --model cnn --profile test ...
+
 The JSON: the first seed's results plus, per method, ``seeds``/``mean``/``ci95`` and the
 paired-bootstrap ``comparisons`` (:mod:`kfac_tutorial.experiments.seeds`); it records the
 command, the package version and the git commit it ran at.
@@ -57,10 +62,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def init_distributed() -> tuple[int, int]:
+    """``(rank, world size)``; under ``torchrun`` (``WORLD_SIZE > 1`` in the environment)
+    the default process group is initialised first (NCCL on GPUs, one per
+    ``LOCAL_RANK``; gloo on CPUs). One process: ``(0, 1)``, nothing initialised."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.checkpoint is None:  # the default MiniLM is a local path: never the hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    rank, world = init_distributed()
+    try:
+        return _main(args, argv, rank, world)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _main(args, argv, rank: int, world: int) -> int:
     import torch
 
     if args.threads:
@@ -86,14 +118,19 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     provenance = run_provenance(argv)
+    if world > 1:
+        provenance["processes"] = world
 
     def write(results):
-        write_json_atomic(args.out, {**results, **provenance})
+        if rank == 0:
+            write_json_atomic(args.out, {**results, **provenance})
 
     results = run_seeds(args.model, names, methods, profile, seeds, setting=args.setting,
-                        progress=not args.no_progress, checkpoint=args.checkpoint,
+                        progress=not args.no_progress and rank == 0, checkpoint=args.checkpoint,
                         on_update=write)
     write(results)
+    if rank != 0:
+        return 0
     for name, m in results["methods"].items():
         mean, ci = m.get("mean", {}), m.get("ci95", {})
         red, red_ci = mean.get("forgetting_reduction"), ci.get("forgetting_reduction", [None, None])

@@ -239,6 +239,10 @@ class _Sequence:
         if p.fisher_examples:
             examples = examples[: p.fisher_examples]
         batches = list(linking_batches(linker, examples, p.batch_size))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # several processes: every rank fits on its share of the batches; the fit sums
+            # the statistics over the ranks (kfac_tutorial.curvature.distributed)
+            batches = batches[torch.distributed.get_rank()::torch.distributed.get_world_size()]
         common = dict(fisher=p.fisher, mc_samples=p.mc_samples, seed=self.seed * 1000 + t,
                       progress=False)
         if family == "ewc":
