@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "LOWER_IS_BETTER", "METRICS", "bootstrap_seeds", "compare", "decode_hits", "encode_hits",
+    "LOWER_IS_BETTER", "METRICS", "METRICS_COMPARED", "bootstrap_seeds", "compare", "decode_hits", "encode_hits",
     "frontier_band", "matched_comparison", "minimal_detectable_difference", "seeds_needed",
     "summarize_seeds", "verdict",
 ]
@@ -42,6 +42,10 @@ __all__ = [
 #: Metrics summarised over seeds (``forgetting_reduction`` needs fine-tuning in the run).
 METRICS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
            "forgetting_encoder", "forgetting_table")
+#: Metrics of the ``comparisons`` of a combined record: the four headline metrics, then
+#: the forgetting split into the encoder's and the concept table's parts.
+METRICS_COMPARED = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
+                    "forgetting_encoder", "forgetting_table")
 #: Metrics for which the smaller value is the better one.
 LOWER_IS_BETTER = ("avg_forgetting", "forgetting_encoder", "forgetting_table")
 #: z-values of a two-sided 5% test and of 80% power.

@@ -223,13 +223,13 @@ def comparisons_table(results: dict, metric: str | None = "forgetting_reduction"
     ``metric`` (None: every metric) and ``pairs`` (default: all)."""
     import pandas as pd
 
-    fmt = "{:+.1%}" if metric == "forgetting_reduction" else "{:+.3f}"
     rows = []
     for c in results.get("comparisons", []):
         if metric is not None and c["metric"] != metric:
             continue
         if pairs is not None and (c["a"], c["b"]) not in pairs:
             continue
+        fmt = "{:+.1%}" if c["metric"] == "forgetting_reduction" else "{:+.3f}"
         rows.append({"a − b": f"{c['a']} − {c['b']}", "metric": c["metric"],
                      "difference [95% interval]": format_interval(c["diff"], c["ci95"], fmt),
                      "verdict": c["verdict"]})
@@ -285,6 +285,9 @@ _WORDS = {
     "avg_forgetting": ("average forgetting", "forgets less than", "{:+.3f}"),
     "plasticity": ("plasticity", "is more plastic than", "{:+.3f}"),
     "final_avg_accuracy": ("final average accuracy", "ends with a higher final average accuracy than", "{:+.3f}"),
+    "forgetting_encoder": ("forgetting in the encoder (old table rows restored)",
+                           "forgets less in the encoder than", "{:+.3f}"),
+    "forgetting_table": ("forgetting in the concept table", "forgets less in the concept table than", "{:+.3f}"),
 }
 
 

@@ -53,7 +53,8 @@ def combine_seeds(runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: in
         out["methods"][m]["seeds"] = [r["methods"][m] for r in runs]
         out["methods"][m]["mean"] = summary[m]["mean"]
         out["methods"][m]["ci95"] = summary[m]["ci95"]
-    out["comparisons"] = st.compare(boot)
+    # the four headline metrics, then where the forgetting lives (table rows restored)
+    out["comparisons"] = st.compare(boot, metrics=st.METRICS_COMPARED)
     frontier = []
     swept = [m for m in methods if method_spec(m).swept]
     for a, b in FRONTIER_PAIRS:
