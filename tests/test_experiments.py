@@ -287,7 +287,7 @@ def test_cli_seeds_write_intervals_and_verdicts(seeded, tmp_path, capsys):
         assert m["mean"]["avg_forgetting"] == pytest.approx(sum(per_seed) / 2)
     kfac_ewc = [c for c in res["comparisons"] if (c["a"], c["b"]) == ("kfac", "ewc")]
     assert {c["metric"] for c in kfac_ewc} == {"avg_forgetting", "forgetting_reduction", "plasticity",
-                                                "final_avg_accuracy"}
+                                                "final_avg_accuracy", "forgetting_encoder", "forgetting_table"}
     for c in res["comparisons"]:
         lo, hi = c["ci95"]
         assert (c["verdict"] == "tie") == (lo is None or lo <= 0 <= hi)
