@@ -259,14 +259,11 @@ def _sweep_points(run: dict, method: str, idx, B: int) -> tuple[np.ndarray, np.n
 
 def _interp(x: np.ndarray, y: np.ndarray, target: float) -> float:
     """``y`` at ``x = target`` along the points sorted by ``x`` (equal ``x`` averaged);
-    nan outside their range (no extrapolation)."""
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if x.size == 0 or not np.isfinite(target) or target < x.min() or target > x.max():
-        return float("nan")
-    xs = np.unique(x)
-    ys = np.array([y[x == v].mean() for v in xs])
-    return float(np.interp(target, xs, ys))
+    nan outside their range (no extrapolation):
+    :func:`kfac_tutorial.metrics.forgetting_at_plasticity`."""
+    from .metrics import forgetting_at_plasticity
+
+    return forgetting_at_plasticity(x, y, target)
 
 
 def matched_comparison(seed_runs: Sequence[dict], a: str, b: str, matched_to: str,
