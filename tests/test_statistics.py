@@ -158,3 +158,29 @@ def test_combine_seeds_writes_the_documented_schema():
         lo, hi = c["ci95"]
         assert (c["verdict"] == "tie") == (lo is None or lo <= 0 <= hi)
     assert {f["matched_to"] for f in out["frontier_comparisons"]} == {"kfac", "ewc"}
+
+
+def test_first_tasks_reads_the_runs_after_fewer_tasks():
+    from kfac_tutorial.experiments import first_tasks
+
+    ft = [[0.9, None, None], [0.5, 0.9, None], [0.2, 0.6, 0.9]]
+    ewc = [[0.9, None, None], [0.85, 0.88, None], [0.7, 0.8, 0.85]]
+    runs = [_run(s, {"finetune": (ft, {}), "ewc": (ewc, {})}) for s in range(3)]
+    for r in runs:
+        r["tasks"] = ["a", "b", "c"]
+    combined = combine_seeds(runs, n_boot=200, frontier_boot=20)
+    combined["tasks"] = ["a", "b", "c"]
+    whole = first_tasks(combined, 3, n_boot=200)
+    for m in ("finetune", "ewc"):  # all tasks: the combined statistics, the same draws
+        for metric in ("avg_forgetting", "plasticity", "final_avg_accuracy"):
+            assert whole["methods"][m]["mean"][metric] == pytest.approx(combined["methods"][m]["mean"][metric])
+    two = first_tasks(combined, 2, n_boot=200)
+    assert two["tasks"] == ["a", "b"] and two["seeds"] == [0, 1, 2]
+    # after two tasks: fine-tuning forgets 0.9 - 0.5, EWC 0.9 - 0.85 (exact hit counts)
+    assert two["methods"]["finetune"]["mean"]["avg_forgetting"] == pytest.approx(0.4)
+    assert two["methods"]["ewc"]["mean"]["avg_forgetting"] == pytest.approx(0.05)
+    assert two["methods"]["ewc"]["mean"]["forgetting_reduction"] == pytest.approx(1 - 0.05 / 0.4)
+    c = next(c for c in two["comparisons"] if c["metric"] == "avg_forgetting")
+    assert c["verdict"] == "ewc" and c["ci95"][0] > 0
+    with pytest.raises(ValueError, match="between 2 and the number of tasks"):
+        first_tasks(combined, 4)

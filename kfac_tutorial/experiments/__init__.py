@@ -13,7 +13,7 @@ from .harness import (
     run_experiment, validate,
 )
 from .methods import METHOD_SPECS, L2Anchor, MethodSpec, frozen_encoder, method_spec
-from .seeds import combine_seeds, merge_recorded, run_seeds, seed_runs
+from .seeds import combine_seeds, first_tasks, merge_recorded, run_seeds, seed_runs
 from .book import chapter_settings, evidence_for, reproduce_recorded
 from .ablations import FISHER_FLAVOURS, compare_variants, reproduce_variant, summary_rows, variants_as_results, variants_over_seeds, variants_table
 from .cache import cache_key, run_or_load
@@ -25,7 +25,7 @@ from .results import (benchmark_tables, comparisons_table, evidence_table, forma
 from .toy import Task, toy_task
 
 __all__ = [
-    "L2Anchor", "METHOD_SPECS", "METHODS", "MODELS", "MethodSpec", "combine_seeds", "chapter_settings", "evidence_for", "merge_recorded", "reproduce_recorded", "seed_runs", "frozen_encoder", "method_spec", "next_lambda", "run_seeds", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "benchmark_tables", "build_linker", "comparisons_table", "evidence_table", "format_interval", "frontier_table", "reproduction_check", "frontier_sentence", "verdict_sentence", "cache_key", "compare_variants", "FISHER_FLAVOURS", "reproduce_variant", "variants_as_results", "variants_over_seeds", "variants_table", "count_work", "estimate_breakdown", "estimate_seconds",
+    "L2Anchor", "METHOD_SPECS", "METHODS", "MODELS", "MethodSpec", "combine_seeds", "first_tasks", "chapter_settings", "evidence_for", "merge_recorded", "reproduce_recorded", "seed_runs", "frozen_encoder", "method_spec", "next_lambda", "run_seeds", "PROFILE_NAMES", "Profile", "SETTINGS", "Task", "benchmark_tables", "build_linker", "comparisons_table", "evidence_table", "format_interval", "frontier_table", "reproduction_check", "frontier_sentence", "verdict_sentence", "cache_key", "compare_variants", "FISHER_FLAVOURS", "reproduce_variant", "variants_as_results", "variants_over_seeds", "variants_table", "count_work", "estimate_breakdown", "estimate_seconds",
     "get_profile", "load_tasks", "measure_rates", "methods_table", "plain_fwd_bwd", "prepare_task", "read_recorded", "read_results", "run_experiment",
     "run_or_load", "summary_rows", "sweep_table", "time_curvature", "time_penalty_steps", "toy_task", "validate", "write_json_atomic",
 ]
