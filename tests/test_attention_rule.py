@@ -265,3 +265,19 @@ def test_a_later_batch_the_rule_cannot_explain_raises():
     model = _CrossAttention(only_batch_size=2).to(DTYPE).eval()  # batch 0: 3 rows (self), batch 1: 2 rows
     with pytest.raises(ValueError, match="batch 1: .*cross-attention"):
         kt.KFAC.fit(model, _batches(), fisher="exact", progress=False)
+
+
+def test_diagonal_modules_hold_the_attention_diagonally_with_exact_entries():
+    model = _model()
+    batches = _batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False, diagonal_modules=["layer"])
+    assert set(kfac.factors) == {"out"}
+    ewc = kt.EWC.fit(model, batches, fisher="exact", progress=False)
+    names = [n for n in ewc.diagonal if n.startswith("layer.")]
+    assert len(names) == 4
+    for n in names:
+        torch.testing.assert_close(kfac.diagonal[n], ewc.diagonal[n], rtol=1e-9, atol=1e-12)
+    F = fisher_dense(model, batches, fisher="exact")
+    torch.testing.assert_close(torch.diagonal(ewc.to_dense(model)), torch.diagonal(F), rtol=1e-9, atol=1e-12)
