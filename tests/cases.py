@@ -40,6 +40,39 @@ class Head(nn.Module):
         return self.out(h)
 
 
+class AttentionHead(nn.Module):
+    """Self-attention over tokens -> tanh -> mean over tokens -> linear classifier.
+
+    The input ``(N, L, E + 1)`` carries a padding flag in its last feature (1 = padding,
+    passed on as ``key_padding_mask`` when ``padding``); ``attn_mask`` is fixed."""
+
+    def __init__(self, layer: nn.MultiheadAttention, classes: int = 3, padding: bool = False,
+                 need_weights: bool = False, attn_mask=None):
+        super().__init__()
+        self.layer, self.padding, self.need_weights, self.attn_mask = layer, padding, need_weights, attn_mask
+        self.out = nn.Linear(layer.embed_dim, classes)
+
+    def forward(self, x):
+        h, pad = x[..., :-1], x[..., -1] > 0.5
+        if not self.layer.batch_first:
+            h = h.transpose(0, 1)
+        o = self.layer(h, h, h, key_padding_mask=pad if self.padding else None,
+                       need_weights=self.need_weights, attn_mask=self.attn_mask)[0]
+        if not self.layer.batch_first:
+            o = o.transpose(0, 1)
+        return self.out(torch.tanh(o).mean(1))
+
+
+def attention_inputs(n: int, length: int, embed: int, seed: int, pad_last: int = 0):
+    """``(n, length, embed + 1)`` random features; the last ``pad_last`` tokens of every
+    other example flagged as padding (their features stay random)."""
+    x = _randn(n, length, embed + 1, seed=seed)
+    x[..., -1] = 0.0
+    if pad_last:
+        x[::2, length - pad_last:, -1] = 1.0
+    return x
+
+
 @dataclass(frozen=True)
 class LayerCase:
     """``build(one_position, seed) -> (model, batches)``; ``kind``: the state-file kind."""
@@ -109,6 +142,15 @@ def _embedding(one: bool, seed: int):
     return _finish(Head(nn.Embedding(6, 4), 4, pool="mean"), [torch.randint(0, 6, (4, 3), generator=g)], seed=seed)
 
 
+def _attention(one: bool, seed: int):
+    torch.manual_seed(seed)
+    layer = nn.MultiheadAttention(4, 2, batch_first=True)
+    nn.init.normal_(layer.in_proj_bias)
+    if one:  # one token: the in-projection's per-example gradient is one outer product
+        return _finish(AttentionHead(layer), [attention_inputs(1, 1, 4, seed)], seed=seed)
+    return _finish(AttentionHead(layer), [attention_inputs(3, 3, 4, seed), attention_inputs(2, 3, 4, seed + 2)], seed=seed)
+
+
 LAYER_CASES = [
     LayerCase("linear", "linear", _linear(nn.Linear)),
     LayerCase("linear_subclass", "linear", _linear(MyLinear)),
@@ -116,4 +158,5 @@ LAYER_CASES = [
     LayerCase("conv2d", "conv2d", _conv2d),
     LayerCase("hf_conv1d", "transposed_linear", _hf_conv1d),
     LayerCase("embedding", "embedding", _embedding),
+    LayerCase("multihead_attention", "multihead_attention", _attention),
 ]

@@ -230,6 +230,68 @@ class _Recorder:
         return output + eps
 
 
+def reference_self_attention(mha: nn.MultiheadAttention, x, key_padding_mask=None, attn_mask=None, eps_in=None, eps_out=None):
+    """Self-attention of batch-first ``x`` ``(N, L, E)`` from its definition, one head at a
+    time: ``P = x W_inᵀ + b_in (+ eps_in)`` ``(N, L, 3E)``, ``q, k, v = P[:E], P[E:2E], P[2E:]``,
+    head ``h``: ``softmax(q_h k_hᵀ / √D + mask) v_h``; ``o`` = the heads side by side;
+    ``out = o W_outᵀ + b_out (+ eps_out)``. Masks: bool True (or -inf) = not attended; a
+    ``key_padding_mask`` ``(N, L)``, an ``attn_mask`` ``(L, L)`` or ``(N·H, L, L)``.
+    Returns ``(out, o)``, both ``(N, L, E)``."""
+    N, L, E = x.shape
+    H = mha.num_heads
+    D = E // H
+    P = x @ mha.in_proj_weight.T
+    if mha.in_proj_bias is not None:
+        P = P + mha.in_proj_bias
+    if eps_in is not None:
+        P = P + eps_in
+
+    def additive(m):
+        return torch.zeros(m.shape, dtype=x.dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m
+
+    bias = torch.zeros(N, H, L, L, dtype=x.dtype)
+    if attn_mask is not None:
+        bias = bias + (additive(attn_mask) if attn_mask.dim() == 2 else additive(attn_mask).reshape(N, H, L, L))
+    if key_padding_mask is not None:
+        bias = bias + additive(key_padding_mask)[:, None, None, :]
+    heads = []
+    for h in range(H):
+        q, k, v = (P[..., j * E + h * D: j * E + (h + 1) * D] for j in range(3))
+        heads.append(torch.softmax(q @ k.transpose(1, 2) / D ** 0.5 + bias[:, h], dim=-1) @ v)
+    o = torch.cat(heads, dim=-1)
+    out = o @ mha.out_proj.weight.T
+    if mha.out_proj.bias is not None:
+        out = out + mha.out_proj.bias
+    if eps_out is not None:
+        out = out + eps_out
+    return out, o
+
+
+class _AttentionRecorder:
+    """For ``nn.MultiheadAttention`` (whose projections no hook sees): replaces the module's
+    output by :func:`reference_self_attention` (checked equal to it), with a zero
+    perturbation ``eps`` on the in-projection (``part="in"``) or the out-projection
+    (``"out"``) output; records that projection's batch-first input."""
+
+    def __init__(self, mha, part):
+        self.inputs, self.eps, self.part = [], [], part
+        self.handle = mha.register_forward_hook(self.hook, with_kwargs=True)
+
+    def hook(self, mha, args, kwargs, output):
+        query, key, value = (list(args) + [kwargs.get(k) for k in ("query", "key", "value")][len(args):])[:3]
+        assert query is key and key is value, "the oracle covers self-attention only"
+        x = query if mha.batch_first else query.transpose(0, 1)
+        N, L, E = x.shape
+        eps = torch.zeros(N, L, 3 * E if self.part == "in" else E, dtype=x.dtype, requires_grad=True)
+        masks = {k: kwargs.get(k) for k in ("key_padding_mask", "attn_mask")}
+        out, o = reference_self_attention(mha, x, **masks, **({"eps_in": eps} if self.part == "in" else {"eps_out": eps}))
+        stock = output[0] if mha.batch_first else output[0].transpose(0, 1)
+        torch.testing.assert_close(out.detach(), stock.detach(), rtol=1e-10, atol=1e-12)
+        self.inputs.append((x if self.part == "in" else o).detach())
+        self.eps.append(eps)
+        return (out if mha.batch_first else out.transpose(0, 1)), output[1]
+
+
 def layer_calls(model, inputs, module_name):
     """Run the model once; for each call of ``module_name`` return a dict with
 
@@ -241,7 +303,13 @@ def layer_calls(model, inputs, module_name):
     """
     model.eval()
     module = model.get_submodule(module_name)
-    rec = _Recorder(module)
+    parent = model.get_submodule(module_name.rsplit(".", 1)[0]) if "." in module_name else model
+    if isinstance(module, nn.MultiheadAttention):
+        rec = _AttentionRecorder(module, "in")
+    elif isinstance(parent, nn.MultiheadAttention) and module is parent.out_proj:
+        rec = _AttentionRecorder(parent, "out")
+    else:
+        rec = _Recorder(module)
     try:
         logits = model(inputs)
     finally:
@@ -306,6 +374,11 @@ def _layer_view(module, x, jac, out_ndim):
         L, d_in = x.shape[0], x.shape[-1]
         a = x.reshape(L, -1, d_in)
         g = jac.reshape(*lead, L, a.shape[1], module.weight.shape[1])
+    elif isinstance(module, nn.MultiheadAttention):  # the in-projection: a Linear of output 3E
+        L, d_in = x.shape[0], x.shape[-1]
+        a = x.reshape(L, -1, d_in)
+        g = jac.reshape(*lead, L, a.shape[1], 3 * d_in)
+        bias = module.in_proj_bias is not None and module.in_proj_bias.requires_grad
     elif isinstance(module, nn.Embedding):
         L = x.shape[0]
         a = nn.functional.one_hot(x.reshape(L, -1), module.num_embeddings).to(jac.dtype)

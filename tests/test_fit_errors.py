@@ -94,11 +94,12 @@ class Grouped(nn.Module):
 
 
 class Attention(nn.Module):
-    """``nn.MultiheadAttention`` uses its projections functionally (no module calls)."""
+    """An ``nn.MultiheadAttention`` configuration its rule does not cover (``add_bias_kv``):
+    both projections, applied functionally by the stock forward, fall back."""
 
     def __init__(self):
         super().__init__()
-        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True, add_bias_kv=True)
         self.out = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -109,7 +110,7 @@ class Attention(nn.Module):
 @pytest.mark.parametrize("model_cls, names, reason", [
     (FunctionalHead, ["'proj'"], "used outside its forward call"),
     (Grouped, ["'conv'"], "grouped convolution (groups=2)"),
-    (Attention, ["'attn'", "'attn.out_proj'"], "no curvature rule for MultiheadAttention"),
+    (Attention, ["'attn'", "'attn.out_proj'"], "add_bias_kv=True"),
 ])
 def test_fallback_is_named_in_one_warning_and_strict_raises(model_cls, names, reason):
     torch.manual_seed(0)

@@ -106,7 +106,7 @@ class Accumulator:
             a = p.a.expand(valid.shape[0], *p.a.shape[1:]) if valid.shape[0] != p.a.shape[0] else p.a
             has_bias = plan.kronecker[name][1] is not None
             if self._sharing(p.rule) == WeightSharing.EXPAND:
-                moment = p.rule.factors.input_moment(a, valid, has_bias, acc_dtype, tuple(p.call.module.weight.shape))
+                moment = p.rule.factors.input_moment(a, valid, has_bias, acc_dtype, tuple(p.rule.weight_of(p.call.module).shape))
                 self.A[name] = self.A.get(name, 0) + mult * moment
                 self.positions[name] += mult * float(valid.sum())
                 continue
@@ -225,8 +225,9 @@ class Accumulator:
             norm_A = self.positions[mname] if expand else num_examples
             a_mat, g_mat = self.A.get(mname), self.G.get(mname)
             if a_mat is None or g_mat is None:  # never reached the outputs: zero curvature
-                a_shape, g_shape = rule_factors.shapes(tuple(module.weight.shape), bname is not None)
-                device = module.weight.device
+                weight = rule.weight_of(module)
+                a_shape, g_shape = rule_factors.shapes(tuple(weight.shape), bname is not None)
+                device = weight.device
                 g_mat = torch.zeros(g_shape, dtype=self.dtype, device=device)
                 if a_mat is None:
                     a_mat = torch.zeros(a_shape, dtype=self.dtype, device=device)

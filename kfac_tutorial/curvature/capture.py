@@ -19,12 +19,18 @@ model broadcasts over the batch (Hugging Face's position embedding, called with
 one backward pass gives every example's gradient w.r.t. its own copy of the output.
 The estimate checks once per model that the expansion leaves the logits unchanged and
 switches it off otherwise.
+
+How a layer's call is seen is its rule's business (``LayerRule.attach``): a forward hook
+for most layers; a layer that applies its matrix inside a larger forward
+(``nn.MultiheadAttention``) hands that call to its :class:`_Site` itself, and names the
+calls it cannot explain (:attr:`CallRecorder.refused`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from torch import Tensor, nn
 
@@ -80,6 +86,7 @@ class CallRecorder:
         self._masks: list[tuple[int, Optional[Tensor]]] = []
         self._handles: list = []
         self._counts: dict[str, int] = {}
+        self.refused: dict[str, str] = {}  # module name -> why a call of it was not recorded
         self.active = True
 
     # -- padding masks -------------------------------------------------------------
@@ -147,7 +154,7 @@ class CallRecorder:
                 module.register_forward_hook(self._mask_post_hook, with_kwargs=True, always_call=True)
             )
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._make_layer_hook(name, self.rules[name])))
+            self._handles.append(self.rules[name].attach(module, _Site(self, name, self.rules[name])))
         return self
 
     def reset(self) -> None:
@@ -156,8 +163,38 @@ class CallRecorder:
         self._counts = {}
         self._masks = []
         self.expanded = False
+        self.refused = {}
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class _Site:
+    """One recorded module's view of the recorder (the ``CallSite`` of ``rules.registry``)."""
+
+    def __init__(self, recorder: CallRecorder, name: str, rule):
+        self._recorder, self._name = recorder, name
+        self.record = recorder._make_layer_hook(name, rule)
+
+    @property
+    def active(self) -> bool:
+        return self._recorder.active
+
+    def refuse(self, module: nn.Module, reason: str) -> None:
+        if self._recorder.active:
+            self._recorder.refused.setdefault(self._name, reason)
+
+    @contextmanager
+    def padding(self, mask: Optional[Tensor]) -> Iterator[None]:
+        entry = (id(self), mask)
+        self._recorder._masks.append(entry)
+        try:
+            yield
+        finally:
+            masks = self._recorder._masks
+            for i in range(len(masks) - 1, -1, -1):
+                if masks[i] is entry:
+                    del masks[i]
+                    break

@@ -145,7 +145,8 @@ def communication_report(model, kronecker: bool = True, diagonal_modules=(), byt
     shapes = []
     for mname, (_, bname) in plan.kronecker.items():
         module = plan.modules[mname]
-        shapes.extend(rule_for(module).factors.shapes(tuple(module.weight.shape), bname is not None))
+        rule = rule_for(module)
+        shapes.extend(rule.factors.shapes(tuple(rule.weight_of(module).shape), bname is not None))
     in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
     diagonal = sum(p.numel() for n, p in plan.params.items() if n not in in_kron)
     counts = 8 * (1 + len(plan.kronecker))
@@ -203,8 +204,10 @@ def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int
     plan = acc.plan
     for mname, (_, bname) in plan.kronecker.items():
         module = plan.modules[mname]
-        a_shape, g_shape = rule_for(module).factors.shapes(tuple(module.weight.shape), bname is not None)
-        device = module.weight.device
+        rule = rule_for(module)
+        weight = rule.weight_of(module)
+        a_shape, g_shape = rule.factors.shapes(tuple(weight.shape), bname is not None)
+        device = weight.device
         if mname not in acc.A:
             acc.A[mname] = torch.zeros(a_shape, dtype=acc.dtype, device=device)
         if mname not in acc.G:

@@ -165,6 +165,8 @@ def estimate(
                 if batch_index == 0 and recorder.expanded:
                     outputs = _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_fn)
                 _check_batch(batch_index, inputs, outputs, targets, likelihood, examples)
+                if batch_index > 0:
+                    _check_refused(recorder, plan, batch_index)
                 batch_size = outputs.shape[0]
                 calls = recorder.calls
                 for call in calls:
@@ -180,8 +182,10 @@ def estimate(
                     else:
                         prepared = prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator)
                         unexplained = unexplained_parameters(plan, prepared, outputs, probe_generator)
+                        # a call its rule could not explain (MHA as cross-attention): whatever the probe says
+                        unexplained = set(unexplained).union(*(plan.own_params(m) for m in recorder.refused if m in plan.recorded))
                     if unexplained:
-                        plan = Plan(model, kronecker, diagonal_modules, force_vmap=frozenset(unexplained))
+                        plan = Plan(model, kronecker, diagonal_modules, force_vmap=frozenset(unexplained), refused=recorder.refused)
                         calls = [c for c in calls if c.name in plan.recorded]
                         prepared = None
                     cache[cache_key] = (frozenset(unexplained), dict(aligned_cache))
@@ -244,6 +248,17 @@ def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_f
         return outputs
     recorder.broadcast = False
     return _forward(model, inputs, examples, recorder, logits_fn)
+
+
+def _check_refused(recorder: CallRecorder, plan: Plan, batch_index: int) -> None:
+    """A later batch's call that a rule cannot explain, of a module the first batch's calls
+    were all explained for: its factors would silently miss that call."""
+    bad = {m: r for m, r in recorder.refused.items() if m in plan.recorded}
+    if bad:
+        lines = "; ".join(f"'{m}': {r}" for m, r in bad.items())
+        raise ValueError(f"batch {batch_index}: calls the curvature rule cannot explain, unlike the first batch's ({lines}). "
+                         f"Pass diagonal_modules={sorted(bad)} to hold these modules diagonally, or call them the same "
+                         "way in every batch.")
 
 
 def _report_fallback(plan: Plan, strict: bool) -> None:

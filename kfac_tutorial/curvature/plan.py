@@ -34,9 +34,14 @@ class Plan:
         vmap_diag: parameter names left to ``torch.func``.
         recorded: ``{module name: module}`` whose calls are recorded.
         fallback: ``{module name: reason}`` (Kronecker fits only).
+
+    ``refused``: ``{module name: reason}`` of modules whose rule could not explain a call
+    (:attr:`.capture.CallRecorder.refused`); their parameters are in ``force_vmap`` and
+    the reason is the one named in :attr:`fallback`.
     """
 
-    def __init__(self, model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], force_vmap: frozenset = frozenset()):
+    def __init__(self, model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], force_vmap: frozenset = frozenset(),
+                 refused: Optional[dict[str, str]] = None):
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         name_of = {id(p): n for n, p in self.params.items()}
         owners = defaultdict(list)  # param id -> [(module name, module, attribute)]
@@ -55,10 +60,10 @@ class Plan:
                 rule = rule_for(module)
                 if rule is None or rule.factors is None:
                     continue
-                if module_matches(mname, diagonal_modules) or not sole_owner(getattr(module, "weight", None)):
+                weight, bias = rule.weight_of(module), rule.bias_of(module)
+                if module_matches(mname, diagonal_modules) or not sole_owner(weight):
                     continue
-                bias = getattr(module, "bias", None)
-                self.kronecker[mname] = (name_of[id(module.weight)], name_of[id(bias)] if sole_owner(bias) else None)
+                self.kronecker[mname] = (name_of[id(weight)], name_of[id(bias)] if sole_owner(bias) else None)
         in_kron = {n for pair in self.kronecker.values() for n in pair if n is not None}
 
         self.hook_diag: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -73,9 +78,15 @@ class Plan:
             else:
                 self.vmap_diag.append(pname)
         self.recorded = {m: self.modules[m] for m in set(self.kronecker) | set(self.hook_diag)}
-        self.fallback = self._fallback(force_vmap, name_of, diagonal_modules) if kronecker else {}
+        self.fallback = self._fallback(force_vmap, name_of, diagonal_modules, refused or {}) if kronecker else {}
 
-    def _fallback(self, force_vmap, name_of, diagonal_modules) -> dict[str, str]:
+    def own_params(self, mname: str) -> list[str]:
+        """Names of the trainable parameters that module ``mname`` holds itself."""
+        prefix = f"{mname}." if mname else ""
+        module = self.modules[mname]
+        return [prefix + a for a, p in module.named_parameters(recurse=False) if p.requires_grad]
+
+    def _fallback(self, force_vmap, name_of, diagonal_modules, refused) -> dict[str, str]:
         """Modules with trainable parameters held diagonally although not asked to be."""
         out = {}
         for mname, module in self.modules.items():
@@ -89,6 +100,8 @@ class Plan:
                 continue  # diagonal by design (LayerNorm)
             if rule is None or rule.supports(module) is not None:
                 out[mname] = why_no_rule(module)
+            elif mname in refused:
+                out[mname] = refused[mname]
             elif any(name_of[id(p)] in force_vmap for p in own):
                 out[mname] = "its parameters are used outside its forward call (functionally), so its calls explain no gradient"
             elif rule.factors is not None:

@@ -111,7 +111,8 @@ def unexplained_parameters(plan: Plan, prepared: list[Prepared], outputs: Tensor
     explained: dict[str, Tensor] = {}
     attrs = {}
     for mname, (wname, bname) in plan.kronecker.items():
-        attrs.setdefault(mname, []).extend([("weight", wname)] + ([("bias", bname)] if bname else []))
+        rule = rule_for(plan.modules[mname])
+        attrs.setdefault(mname, []).extend([(rule.weight, wname)] + ([(rule.bias, bname)] if bname else []))
     for mname, pairs in plan.hook_diag.items():
         attrs.setdefault(mname, []).extend(pairs)
     for p, grad in zip(prepared, call_grads):

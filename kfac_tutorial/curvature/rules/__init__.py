@@ -7,6 +7,9 @@ Adding a layer type
    one ``register(MyLayer, LayerRule(..., factors=LayerFactors))`` call; pick the factor
    type of :mod:`..factors` whose layout fits the weight (or write a subclass).
    Every module of this package is imported (and so registered) automatically.
+   A layer that applies its matrix functionally inside its forward also names the
+   matrix's attributes (``weight=``, ``bias=``) and how the recorder sees its calls
+   (``attach=``; see :mod:`.attention`).
 2. Add one entry to ``LAYER_CASES`` in ``tests/cases.py``: the oracle tests (KFAC factors
    against brute force, the diagonal Fisher, the penalty, save/load) then run on it.
 

@@ -39,7 +39,7 @@ def matrix_per_example_grads(module: nn.Module, a: Tensor, g: Tensor) -> dict:
     return grads
 
 
-def _squared_weight(a: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
+def squared_outer_sum(a: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
     """``Σ_n (Σ_s g_s a_sᵀ)²`` elementwise, ``(d_out, d_in)``. One position: the square of an
     outer product is the outer product of squares, one matmul. Otherwise one example's
     ``(d_out, d_in)`` gradient at a time is squared into the sum (stays in cache; ~10×
@@ -58,7 +58,7 @@ def _squared_weight(a: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
 
 def matrix_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype) -> dict:
     """``Σ_n`` squared per-example gradients of the weight (and bias), in ``dtype``."""
-    out = {"weight": _squared_weight(a, g, dtype).reshape(module.weight.shape)}
+    out = {"weight": squared_outer_sum(a, g, dtype).reshape(module.weight.shape)}
     if module.bias is not None:
         out["bias"] = g.sum(1).to(dtype).square().sum(0)
     return out
@@ -81,7 +81,7 @@ def _transposed_per_example_grads(module: nn.Module, a: Tensor, g: Tensor) -> di
 
 
 def _transposed_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype) -> dict:
-    out = {"weight": _squared_weight(a, g, dtype).T}
+    out = {"weight": squared_outer_sum(a, g, dtype).T}
     if module.bias is not None:
         out["bias"] = g.sum(1).to(dtype).square().sum(0)
     return out

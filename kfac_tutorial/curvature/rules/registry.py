@@ -18,6 +18,13 @@ the weight-sharing dimensions (tokens, conv positions) flattened into one axis `
 * ``factors``: the :class:`~kfac_tutorial.curvature.factors.LayerFactors` type of the
   layer (its factor structure and algebra), or None for a diagonal-only rule
   (LayerNorm); ``kind`` names it in state files.
+* ``weight``, ``bias``: the attribute names of the factored matrix and its bias
+  (``"weight"``, ``"bias"``; ``nn.MultiheadAttention``: ``"in_proj_weight"``, ...).
+* ``attach(module, site)``: how the recorder sees a call (default: a forward hook that
+  calls ``site.record``); returns a handle with ``remove()``. A layer that applies its
+  matrix functionally inside a larger forward (``nn.MultiheadAttention``) attaches
+  differently: while recorded it computes through an equivalent path that hands the
+  matrix's call to ``site.record`` (see :class:`CallSite`).
 
 Lookup walks ``type(module).__mro__``: ``class MyLinear(nn.Linear)`` gets the Linear
 rule. A type may be registered by its qualified name (``"transformers.pytorch_utils.
@@ -27,12 +34,36 @@ Conv1D"``) so that the package never imports the library that defines it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, ContextManager, Optional, Protocol, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..factors import FACTOR_TYPES, LayerFactors
+
+
+class CallSite(Protocol):
+    """What the recorder offers a rule's ``attach`` for one recorded module."""
+
+    active: bool  # False while the recorder is paused (then record nothing, change nothing)
+
+    def record(self, module: nn.Module, args: tuple, output: Tensor) -> Optional[Tensor]:
+        """One call: ``args[0]`` the input ``(rows, ..., d_in)``, ``output`` the matrix's
+        graph-connected output. Forward-hook signature: returns a replacement output to
+        hand on (an expanded view, see :mod:`..capture`) or None."""
+
+    def refuse(self, module: nn.Module, reason: str) -> None:
+        """A call the rule cannot explain (its matrix's gradient gets no recorded
+        contribution); the fit falls back to a diagonal for the module, naming ``reason``."""
+
+    def padding(self, mask: Optional[Tensor]) -> ContextManager:
+        """While open, ``mask`` ``(rows, T)`` (True = real token) is the innermost padding
+        mask of calls inside (like an ``attention_mask`` keyword)."""
+
+
+def forward_hook(module: nn.Module, site: CallSite):
+    """``attach`` of a layer whose forward call is the matrix's call: a forward hook."""
+    return module.register_forward_hook(site.record)
 
 
 def _no_mask(module, x, out, mask):
@@ -59,6 +90,17 @@ class LayerRule:
     mask_length: Callable[[nn.Module, Tensor], Optional[int]] = _no_length
     squared_grads: Optional[Callable[[nn.Module, Tensor, Tensor, torch.dtype], dict]] = None
     factors: Optional[type[LayerFactors]] = None
+    weight: str = "weight"
+    bias: str = "bias"
+    attach: Callable[[nn.Module, CallSite], object] = forward_hook
+
+    def weight_of(self, module: nn.Module) -> Optional[Tensor]:
+        """The factored matrix of ``module`` (None if it has none)."""
+        return getattr(module, self.weight, None)
+
+    def bias_of(self, module: nn.Module) -> Optional[Tensor]:
+        """The bias of the factored matrix (None if it has none)."""
+        return getattr(module, self.bias, None)
 
 
 RULES: dict[Union[type, str], LayerRule] = {}

@@ -1,0 +1,192 @@
+"""``nn.MultiheadAttention``: the packed in-projection as one Linear, the out-projection as a Linear.
+
+PyTorch applies both projections functionally (``F.multi_head_attention_forward``): no
+module call shows them to a forward hook. While a fit records, a supported instance
+therefore computes through :func:`attention_forward`, the same function written with
+its two projections as visible calls (its ``forward`` is overridden on the instance and
+restored when the recording ends; nothing else about the module changes):
+
+* in-projection, self-attention (``query is key is value``, input ``x`` ``(N, L, E)``
+  batch first): ``[q | k | v] = x W_inᵀ + b_in`` with ``W_in = in_proj_weight``
+  ``(3E, E)``. One Linear of output ``3E``: example ``n``'s gradient is
+  ``Σ_s g_s a_sᵀ`` with ``a_s = x_s`` and ``g_s = (dq_s, dk_s, dv_s)`` ``(3E,)``, so
+  ``in_proj_weight`` (and ``in_proj_bias``) get the Linear factors ``A = E[ā āᵀ]``
+  ``(E+1, E+1)``, ``G = E[g gᵀ]`` ``(3E, 3E)`` (kind ``"multihead_attention"``).
+* out-projection: ``out_proj`` is called as a module on the attention output ``(N, L, E)``
+  and gets the ordinary Linear rule.
+
+Positions are tokens. ``key_padding_mask`` (``(N, L)``; bool True, or a float ``-inf``,
+marks padding) excludes the padded tokens from both projections' factors, as an
+``attention_mask`` keyword does; any outer ``attention_mask`` applies too. Dropout is
+the module's (a fit runs in ``eval()``, so none). ``batch_first`` either way.
+
+Not handled exactly, so the module's parameters fall back to a diagonal Fisher with the
+reason in the fit's warning (``strict=True`` raises): ``kdim``/``vdim`` other than
+``embed_dim``, ``add_bias_kv``, ``add_zero_attn``, a subclass with its own ``forward``
+(static, :func:`supports`); and per call: distinct ``query``/``key``/``value`` tensors
+(cross-attention: the three blocks of ``W_in`` see different inputs, so there is no
+single ``A``; the out-projection keeps its factors), unbatched or nested inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..factors import LayerFactors
+from .linear import positions_last, squared_outer_sum, token_axis_length, tokens_mask
+from .registry import CallSite, LayerRule, broadcast_rows, register
+
+CROSS_ATTENTION = ("called with distinct query, key and value tensors (cross-attention): the three blocks of "
+                   "in_proj_weight see different inputs, so they have no single Kronecker input factor")
+UNBATCHED = "called with an unbatched (2-D) or nested input: no batch axis to take examples from"
+
+
+def supports(module: nn.Module) -> Optional[str]:
+    """None for a configuration :func:`attention_forward` computes exactly, else why not."""
+    if type(module).forward is not nn.MultiheadAttention.forward:
+        return f"{type(module).__name__} overrides forward, which the explicit path would bypass"
+    own = vars(module).get("forward")
+    if own is not None and not getattr(own, "explicit_attention", False):  # (ours while recording)
+        return "the instance has its own forward, which the explicit path would bypass"
+    if not module._qkv_same_embed_dim:
+        return "kdim or vdim differs from embed_dim (separate q/k/v projection weights)"
+    if module.bias_k is not None or module.bias_v is not None:
+        return "add_bias_kv=True (learned key/value rows appended to the sequence)"
+    if module.add_zero_attn:
+        return "add_zero_attn=True"
+    return None
+
+
+def attention_forward(module: nn.MultiheadAttention, site: CallSite, query: Tensor, key: Tensor, value: Tensor,
+                      key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
+                      attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                      is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """``nn.MultiheadAttention.forward`` (same arguments, same outputs to float noise) for a
+    :func:`supports`-ed module, with the in-projection handed to ``site.record`` and
+    ``out_proj`` called as a module. Anything this path does not cover (including
+    argument errors) runs the stock forward."""
+    def stock():
+        return nn.MultiheadAttention.forward(module, query, key, value, key_padding_mask, need_weights,
+                                             attn_mask, average_attn_weights, is_causal)
+
+    if not site.active:
+        return stock()
+    if query.dim() != 3 or any(t.is_nested for t in (query, key, value)):
+        site.refuse(module, UNBATCHED)
+        return stock()
+    self_attention = query is key and key is value
+    if not self_attention:
+        site.refuse(module, CROSS_ATTENTION)
+    if key.shape != value.shape or key.shape[-1] != module.embed_dim or query.shape[-1] != module.embed_dim:
+        return stock()  # the stock forward raises its own error
+    bf = module.batch_first
+    x_q, x_k, x_v = (t if bf else t.transpose(0, 1) for t in (query, key, value))  # (N, L|S, E)
+    n, length, embed = x_q.shape
+    src, heads = x_k.shape[1], module.num_heads
+    head_dim = embed // heads
+
+    # masks, as F.multi_head_attention_forward canonicalises and merges them: additive floats
+    kpm = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                            other_type=F._none_or_dtype(attn_mask), other_name="attn_mask", target_type=x_q.dtype)
+    if is_causal and attn_mask is None:
+        return stock()  # raises: the is_causal hint needs attn_mask
+    causal = is_causal and kpm is None and not need_weights
+    mask = None if causal else F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None,
+                                                 other_name="", target_type=x_q.dtype, check_other=False)
+    if mask is not None:
+        if mask.dim() == 2 and tuple(mask.shape) == (length, src):
+            mask = mask.view(1, 1, length, src)
+        elif mask.dim() == 3 and tuple(mask.shape) == (n * heads, length, src):
+            mask = mask.view(n, heads, length, src)
+        else:
+            return stock()  # raises its shape error
+    real = None
+    if kpm is not None:
+        if tuple(kpm.shape) != (n, src):
+            return stock()
+        kpm4 = kpm.view(n, 1, 1, src)
+        mask = kpm4 if mask is None else mask + kpm4
+        real = ~torch.isneginf(kpm) if self_attention else None  # True = real token
+
+    with site.padding(real):
+        w, b = module.in_proj_weight, module.in_proj_bias
+        if self_attention:
+            proj = F.linear(x_q, w, b)  # (N, L, 3E)
+            replaced = site.record(module, (x_q,), proj)
+            proj = proj if replaced is None else replaced
+            q, k, v = proj.chunk(3, dim=-1)
+        else:
+            bq, bk, bv = b.chunk(3) if b is not None else (None, None, None)
+            wq, wk, wv = w.chunk(3)
+            q, k, v = F.linear(x_q, wq, bq), F.linear(x_k, wk, bk), F.linear(x_v, wv, bv)
+        q, k, v = (t.reshape(t.shape[0], -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (N, H, ·, D)
+        dropout_p = module.dropout if module.training else 0.0
+        weights = None
+        if need_weights:
+            scores = torch.matmul(q * math.sqrt(1.0 / head_dim), k.transpose(-2, -1))
+            if mask is not None:
+                scores = scores + mask
+            weights = scores.softmax(-1)
+            if dropout_p > 0.0:
+                weights = F.dropout(weights, p=dropout_p)
+            o = torch.matmul(weights, v)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal=causal)
+        o = o.transpose(1, 2).reshape(o.shape[0], length, embed)  # (N, L, E)
+        out = module.out_proj(o)
+    if not bf:
+        out = out.transpose(0, 1)
+    if weights is not None and average_attn_weights:
+        weights = weights.mean(1)
+    return out, weights
+
+
+class _Restore:
+    """Handle of :func:`attach`: ``remove()`` restores the class's forward."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def remove(self) -> None:
+        if self.module is not None:
+            vars(self.module).pop("forward", None)
+            self.module = None
+
+
+def attach(module: nn.Module, site: CallSite) -> _Restore:
+    """Route ``module``'s calls through :func:`attention_forward` until ``remove()``."""
+    def forward(*args, **kwargs):
+        return attention_forward(module, site, *args, **kwargs)
+
+    forward.explicit_attention = True
+    module.forward = forward
+    return _Restore(module)
+
+
+def per_example_grads(module: nn.Module, a: Tensor, g: Tensor) -> dict:
+    """``in_proj_weight``: ``Σ_s g_s a_sᵀ`` ``(B, 3E, E)``; ``in_proj_bias``: ``Σ_s g_s``."""
+    a = broadcast_rows(a, g.shape[0])
+    grads = {"in_proj_weight": torch.einsum("bpo,bpi->boi", g, a)}
+    if module.in_proj_bias is not None:
+        grads["in_proj_bias"] = g.sum(1)
+    return grads
+
+
+def squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype) -> dict:
+    """``Σ_n`` squared per-example gradients of ``in_proj_weight`` (and ``in_proj_bias``)."""
+    out = {"in_proj_weight": squared_outer_sum(a, g, dtype)}
+    if module.in_proj_bias is not None:
+        out["in_proj_bias"] = g.sum(1).to(dtype).square().sum(0)
+    return out
+
+
+register(nn.MultiheadAttention, LayerRule(
+    "multihead_attention", supports, positions_last, positions_last, per_example_grads,
+    position_mask=tokens_mask, mask_length=token_axis_length, squared_grads=squared_grads,
+    factors=LayerFactors, weight="in_proj_weight", bias="in_proj_bias", attach=attach,
+))

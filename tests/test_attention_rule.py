@@ -1,0 +1,283 @@
+"""The ``nn.MultiheadAttention`` rule against brute force (float64).
+
+Claims: the explicit path a recorded MHA computes through gives the stock module's
+outputs (masks, ``need_weights``, ``batch_first`` variants); the rule's per-example
+gradients of ``in_proj_weight``/``in_proj_bias`` and of ``out_proj`` equal ``torch.func``
+per-example gradients of the stock model; both projections' factors equal the
+definition built from an independent reference attention (padding excluded), expand and
+reduce; at one token KFAC's ``out_proj`` block is the exact Fisher block; a fit leaves the
+model as it was and its state maps to the real parameters through save/load; every
+configuration the rule does not compute exactly is named, with its reason, in the
+fallback warning (``strict=True`` raises). The generic layer tests (``LAYER_CASES``) cover
+the in-projection's one-position block, the diagonal and the penalty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+import kfac_tutorial as kt
+from cases import AttentionHead, attention_inputs
+from kfac_tutorial.curvature.capture import CallRecorder
+from kfac_tutorial.curvature.estimate import DiagonalFallbackWarning
+from kfac_tutorial.curvature.rules import rule_for
+from kfac_tutorial.curvature.rules.attention import attention_forward
+from models import flat_delta, perturb
+from oracles import block, fisher_dense, kfac_factors, module_param_names
+
+DTYPE = torch.float64
+E, H, L = 4, 2, 4
+
+
+class _Site:
+    """A stand-in for the recorder: keeps what the explicit path hands it."""
+
+    active = True
+
+    def __init__(self):
+        self.recorded, self.refused, self.masks = [], [], []
+
+    def record(self, module, args, output):
+        self.recorded.append((args[0], output))
+        return None
+
+    def refuse(self, module, reason):
+        self.refused.append(reason)
+
+    def padding(self, mask):
+        self.masks.append(mask)
+        return contextlib.nullcontext()
+
+
+def _model(batch_first=True, padding=True, bias=True, need_weights=False, attn_mask=None, seed=0):
+    torch.manual_seed(seed)
+    layer = nn.MultiheadAttention(E, H, batch_first=batch_first, bias=bias)
+    if bias:
+        nn.init.normal_(layer.in_proj_bias)
+        nn.init.normal_(layer.out_proj.bias)
+    return AttentionHead(layer, padding=padding, need_weights=need_weights, attn_mask=attn_mask).to(DTYPE).eval()
+
+
+def _batches(seed=0, pad_last=1):
+    g = torch.Generator().manual_seed(seed + 1)
+    xs = [attention_inputs(3, L, E, seed, pad_last).to(DTYPE), attention_inputs(2, L, E, seed + 2, pad_last).to(DTYPE)]
+    return [(x, torch.randint(0, 3, (x.shape[0],), generator=g)) for x in xs]
+
+
+def _real(x):
+    return ~(x[..., -1] > 0.5)
+
+
+_CAUSAL = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+
+
+def _masks(kind, n):
+    pad = torch.zeros(n, L, dtype=torch.bool)
+    pad[::2, -1] = True
+    float_pad = torch.zeros(n, L, dtype=DTYPE).masked_fill(pad, float("-inf"))
+    attn3 = torch.randn(n * H, L, L, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    return {
+        "none": {},
+        "kpm_bool": {"key_padding_mask": pad},
+        "kpm_float": {"key_padding_mask": float_pad},
+        "attn_2d_bool": {"attn_mask": _CAUSAL},
+        "attn_3d_float": {"attn_mask": attn3},
+        "causal": {"attn_mask": _CAUSAL, "is_causal": True},
+        "kpm_and_attn": {"key_padding_mask": pad, "attn_mask": _CAUSAL},
+    }[kind]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("need_weights, average", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("masks", ["none", "kpm_bool", "kpm_float", "attn_2d_bool", "attn_3d_float", "causal", "kpm_and_attn"])
+def test_explicit_path_equals_the_stock_module(batch_first, need_weights, average, masks):
+    torch.manual_seed(0)
+    bias = masks != "attn_3d_float"  # one configuration without biases
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first, bias=bias).to(DTYPE).eval()
+    n = 3
+    x = torch.randn(n, L, E, dtype=DTYPE) if batch_first else torch.randn(L, n, E, dtype=DTYPE)
+    kw = dict(need_weights=need_weights, average_attn_weights=average, **_masks(masks, n))
+    site = _Site()
+    out, weights = attention_forward(mha, site, x, x, x, **kw)
+    ref_out, ref_weights = mha(x, x, x, **kw)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    assert (weights is None) == (ref_weights is None)
+    if weights is not None:
+        torch.testing.assert_close(weights, ref_weights, rtol=1e-12, atol=1e-12)
+    # the in-projection was handed over once: batch-first input and its packed output
+    (a, proj), = site.recorded
+    xb = x if batch_first else x.transpose(0, 1)
+    torch.testing.assert_close(a, xb, rtol=0, atol=0)
+    torch.testing.assert_close(proj, nn.functional.linear(xb, mha.in_proj_weight, mha.in_proj_bias), rtol=0, atol=0)
+    assert not site.refused
+    pad = kw.get("key_padding_mask")
+    expected = None if pad is None else ~(pad if pad.dtype == torch.bool else torch.isneginf(pad))
+    assert (site.masks[0] is None) == (expected is None)
+    if expected is not None:
+        assert torch.equal(site.masks[0], expected)
+
+
+def _brute_per_example_grads(model, x, y):
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss(p, xn, yn):
+        logits = functional_call(model, p, (xn.unsqueeze(0),))
+        return nn.functional.cross_entropy(logits, yn.unsqueeze(0), reduction="sum")
+
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_rule_per_example_grads_equal_torch_func(batch_first):
+    model = _model(batch_first=batch_first)
+    x, y = _batches()[0]
+    modules = {"layer": model.layer, "layer.out_proj": model.layer.out_proj}
+    with CallRecorder(model, modules) as rec:
+        rec.batch_size = x.shape[0]
+        loss = nn.functional.cross_entropy(model(x), y, reduction="sum")  # rows are examples
+        calls = list(rec.calls)
+        out_grads = torch.autograd.grad(loss, [c.output for c in calls])
+    assert sorted(c.name for c in calls) == ["layer", "layer.out_proj"]
+    brute = _brute_per_example_grads(model, x, y)
+    for call, g in zip(calls, out_grads):
+        assert torch.equal(call.mask, _real(x))  # key_padding_mask reaches both projections
+        rule = rule_for(call.module)
+        pe = rule.per_example_grads(call.module, rule.inputs(call.module, call.input), rule.output_grads(call.module, g))
+        for attr, t in pe.items():
+            torch.testing.assert_close(t, brute[f"{call.name}.{attr}"], rtol=1e-10, atol=1e-12)
+        assert len(pe) == 2
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("setting", ["expand", "reduce"])
+def test_factors_equal_the_definition_with_padding(batch_first, setting):
+    model = _model(batch_first=batch_first, need_weights=True, attn_mask=_CAUSAL)
+    batches = _batches()
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", weight_sharing=setting, progress=False)
+    for name in ("layer", "layer.out_proj"):
+        A, G = kfac_factors(model, batches, name, mode=setting, masks=lambda inputs, k, a: _real(inputs))
+        torch.testing.assert_close(kfac.factors[name].A, A, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(kfac.factors[name].G, G, rtol=1e-9, atol=1e-12)
+    # padding matters: counting the padded tokens gives another A
+    A_all, _ = kfac_factors(model, batches, "layer", mode=setting)
+    assert not torch.allclose(kfac.factors["layer"].A, A_all, rtol=1e-6, atol=1e-9)
+
+
+def test_out_proj_block_is_exact_for_one_example_at_one_token():
+    model = _model(padding=False)
+    batches = [(attention_inputs(1, 1, E, 0).to(DTYPE), torch.tensor([1]))]
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
+    F = fisher_dense(model, batches, fisher="exact")
+    for name in ("layer", "layer.out_proj"):
+        names = module_param_names(model, name)
+        torch.testing.assert_close(block(kfac.to_dense(model), model, names), block(F, model, names), rtol=1e-9, atol=1e-12)
+
+
+def test_fit_leaves_the_model_unchanged_and_the_state_round_trips(tmp_path):
+    model = _model(batch_first=False)
+    batches = _batches()
+    before = model(batches[0][0]).detach()
+    keys = list(model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning for a supported MHA
+        kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False, strict=True)
+    assert torch.equal(model(batches[0][0]).detach(), before)
+    assert list(model.state_dict()) == keys
+    assert "forward" not in vars(model.layer)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    f = kfac.factors["layer"]
+    assert (f.kind, f.weight, f.bias) == ("multihead_attention", "layer.in_proj_weight", "layer.in_proj_bias")
+    assert f.A.shape == (E + 1, E + 1) and f.G.shape == (3 * E, 3 * E)
+    assert kfac.factors["layer.out_proj"].weight == "layer.out_proj.weight"
+    assert not any(n.startswith("layer.") for n in kfac.diagonal)
+    delta = perturb(model, scale=0.1, seed=3)
+    d = flat_delta(model, delta)
+    expected = 0.5 * d @ kfac.to_dense(model) @ d
+    torch.testing.assert_close(kfac.penalty(model).detach(), expected, rtol=1e-9, atol=1e-12)
+    kfac.save(tmp_path / "s.safetensors")
+    loaded = kt.KFAC.load(tmp_path / "s.safetensors", model)
+    torch.testing.assert_close(loaded.penalty(model).detach(), expected, rtol=1e-9, atol=1e-12)
+
+
+class _CrossAttention(nn.Module):
+    """Query from the tokens, keys and values from a transformed copy (distinct tensors)."""
+
+    def __init__(self, only_batch_size=None):
+        super().__init__()
+        self.layer = nn.MultiheadAttention(E, H, batch_first=True)
+        self.out = nn.Linear(E, 3)
+        self.only = only_batch_size  # cross-attention only for batches of this size
+
+    def forward(self, x):
+        h = x[..., :-1]
+        m = torch.tanh(h) if self.only is None or x.shape[0] == self.only else h
+        return self.out(self.layer(h, m, m, need_weights=False)[0].mean(1))
+
+
+class _KdimHead(AttentionHead):
+    def forward(self, x):
+        h = x[..., :-1]
+        return self.out(self.layer(h, h[..., :3], h[..., :3], need_weights=False)[0].mean(1))
+
+
+class _OwnForward(nn.MultiheadAttention):
+    def forward(self, query, key, value, **kwargs):
+        return super().forward(query, key, value, **kwargs)
+
+
+@pytest.mark.parametrize("build, reason, out_proj_kept", [
+    (lambda: AttentionHead(nn.MultiheadAttention(E, H, batch_first=True, add_zero_attn=True)), "add_zero_attn=True", False),
+    (lambda: AttentionHead(nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)), "add_bias_kv=True", False),
+    (lambda: _KdimHead(nn.MultiheadAttention(E, H, batch_first=True, kdim=3, vdim=3)), "kdim or vdim differs", False),
+    (lambda: AttentionHead(_OwnForward(E, H, batch_first=True)), "_OwnForward overrides forward", False),
+    (_CrossAttention, "cross-attention", True),
+])
+def test_unsupported_configuration_is_named_and_strict_raises(build, reason, out_proj_kept):
+    torch.manual_seed(0)
+    model = build().to(DTYPE).eval()
+    batches = _batches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
+    (w,) = [w for w in caught if issubclass(w.category, DiagonalFallbackWarning)]
+    message = str(w.message)
+    assert "'layer'" in message and reason in message
+    assert ("'layer.out_proj'" not in message) == out_proj_kept
+    assert ("layer.out_proj" in kfac.factors) == out_proj_kept
+    # the fallback is the exact diagonal (EWC's entries), never a wrong Kronecker block
+    assert "layer" not in kfac.factors
+    ewc = kt.EWC.fit(model, batches, fisher="exact", progress=False)
+    for n, d in kfac.diagonal.items():
+        torch.testing.assert_close(d, ewc.diagonal[n], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=reason):
+        kt.KFAC.fit(model, batches, fisher="exact", progress=False, strict=True)
+
+
+def test_a_later_batch_the_rule_cannot_explain_raises():
+    torch.manual_seed(0)
+    model = _CrossAttention(only_batch_size=2).to(DTYPE).eval()  # batch 0: 3 rows (self), batch 1: 2 rows
+    with pytest.raises(ValueError, match="batch 1: .*cross-attention"):
+        kt.KFAC.fit(model, _batches(), fisher="exact", progress=False)
+
+
+def test_diagonal_modules_hold_the_attention_diagonally_with_exact_entries():
+    model = _model()
+    batches = _batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False, diagonal_modules=["layer"])
+    assert set(kfac.factors) == {"out"}
+    ewc = kt.EWC.fit(model, batches, fisher="exact", progress=False)
+    names = [n for n in ewc.diagonal if n.startswith("layer.")]
+    assert len(names) == 4
+    for n in names:
+        torch.testing.assert_close(kfac.diagonal[n], ewc.diagonal[n], rtol=1e-9, atol=1e-12)
+    F = fisher_dense(model, batches, fisher="exact")
+    torch.testing.assert_close(torch.diagonal(ewc.to_dense(model)), torch.diagonal(F), rtol=1e-9, atol=1e-12)
