@@ -18,8 +18,10 @@ import kfac_tutorial as kt
 
 try:
     from . import models as M
+    from .cases import case_fits
 except ImportError:  # pragma: no cover
     import models as M
+    from cases import case_fits
 
 CASES = {
     "ewc_mlp": (lambda: M.mlp(n=4), kt.EWC, {}),
@@ -29,6 +31,7 @@ CASES = {
     "kfac_conv1d_diagonal_modules": (
         M.conv_classifier, kt.KFAC, {"diagonal_modules": ("head",), "weight_sharing": "expand"}
     ),
+    **case_fits(prefix="case_"),  # every layer type of tests/cases.py, EWC and KFAC
 }
 
 
