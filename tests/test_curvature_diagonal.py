@@ -9,6 +9,8 @@ Claims checked:
 * ``fisher="mc"``: unbiased, converges at the Monte-Carlo rate, reproducible by seed.
 * batching does not change the estimate; the Fisher is computed in eval() mode;
   ``to_dense`` is the diagonal matrix over trainable parameters (+ damping).
+* the empirical diagonal and batching invariance also for every layer type of
+  ``tests/cases.py`` (its exact diagonal: ``test_layer_rules.py``).
 """
 
 import copy

@@ -12,6 +12,9 @@ Claims checked:
   ``named_parameters`` order, damping on the diagonal.
 * batching invariance; ``mc`` converges to ``exact`` at the MC rate; seed
   reproducibility; ``memory_bytes``.
+* for every layer type of ``tests/cases.py``: ``to_dense`` is the Hessian of the
+  penalty (a layout-free oracle, with and without damping), batching invariance and MC
+  seed reproducibility.
 """
 
 import pytest

@@ -19,6 +19,9 @@ Conventions and conversion (read off curvlinops/kfac.py, v3.0.1):
     Fisher of the summed loss; ours the mean per-example Fisher). With T predictions
     per example and "mean", curvlinops would divide by N·T instead, so for per-token
     outputs we use "sum" and divide by N.
+
+Every layer type of ``tests/cases.py`` that curvlinops supports (Linear and Conv2d, and
+subclasses) is compared as well, in both weight-sharing settings.
 """
 
 import pytest

@@ -6,7 +6,8 @@ least ``1 − tol`` of every layer's ``tr(G ⊗ A)`` and stays close on random �
 survive a save/load round trip bit for bit; files store symmetric factors as upper
 triangles (half the bytes) and still read files written with dense factors; a damaged
 root is refused with a message naming it; merging a low-rank state equals merging the
-full one.
+full one. The ``tol=0``, round-trip and merge checks also run over every layer type of
+``tests/cases.py``.
 """
 
 import json

@@ -6,7 +6,9 @@ computed by hand (``A`` ``(d_in+1)²``/``d_in²``/``(c_in k+1)²``, ``G`` ``d_ou
 ``A`` a ``V`` vector, LayerNorm and EWC one number per parameter, frozen nothing); the
 column sums to ``state.memory_bytes()``; parameter bytes follow the dtype; a per-task
 sum adds its terms; modules named in ``diagonal_modules`` are diagonal; factors held as
-low-rank roots are counted as stored.
+low-rank roots are counted as stored. For every layer type of ``tests/cases.py``: its
+row is one Kronecker block whose factor sides multiply to the layer's parameter count,
+and EWC and low-rank reports add up to ``memory_bytes()``.
 """
 
 import pytest

@@ -8,6 +8,9 @@ Claims checked:
 * ``a + b``: penalty / to_dense / memory_bytes are sums, each term with its own anchor.
 * ``old.merge(new, gamma)``: EWC diagonal = γ·old + new exactly, anchor = new's; KFAC
   with identical factors: to_dense = (1 + γ)·(A ⊗ G) blocks, anchor = new's.
+
+Every check that holds for any layer type runs over the models below and over every
+layer type of ``tests/cases.py`` (``LAYER_CASES``): a new layer case is checked here too.
 """
 
 import pytest

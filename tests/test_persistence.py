@@ -5,7 +5,8 @@ embeddings and LayerNorm, with damping); the file is safetensors (8-byte little-
 header length, then a JSON header with ``__metadata__``), not a pickle; the write is
 atomic (no temporary files left); ``load`` refuses, with a ``ValueError`` whose message
 names the problem, a wrong shape, a missing or extra parameter, a truncated file, random
-bytes and an EWC file given to ``KFAC.load``.
+bytes and an EWC file given to ``KFAC.load``. The round trip and the file format are
+checked for every layer type of ``tests/cases.py`` too (EWC and KFAC).
 """
 
 import json
