@@ -55,18 +55,17 @@ class MaskedExtraClasses(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self.register_buffer("mask", torch.tensor([0.0, 0.0, 0.0, -1e4, -1e4], dtype=DTYPE))
 
     def forward(self, x):
         logits = self.net(x)
-        return torch.cat([logits, logits[:, :2]], dim=1) + self.mask
+        return torch.cat([logits, logits[:, :2] - 1e4], dim=1)
 
 
 @pytest.mark.parametrize("case", LAYER_CASES, ids=repr)
 def test_masked_classes_for_every_layer_case_equal_brute_force(case):
     net, batches = case.build(False, 0)
     model = MaskedExtraClasses(net)
-    assert all((model(x).softmax(-1)[:, 3:] == 0).all() for x, _ in batches)
+    assert all((model(x).softmax(-1)[:, -2:] == 0).all() for x, _ in batches)
     dense = fisher_dense(model, batches, fisher="exact")
     ewc = kt.EWC.fit(model, batches, fisher="exact", progress=False)
     want = dense_diag_to_dict(model, dense.diagonal())
