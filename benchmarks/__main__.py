@@ -31,25 +31,19 @@ from kfac_tutorial.experiments.cost import penalised_step, time_penalty_steps
 
 from kfac_tutorial.curvature import memory_report
 
-from .measure import measure as _measure
+from .measure import measure
 from .peers import RUNNERS, only_linear, versions
-from .workloads import workload as _workload
+from .workloads import workload
 
 HERE = Path(__file__).resolve().parent
-DEVICE = torch.device("cpu")  # replaced by main() from --device, read by the two helpers below
+
+# Every section takes the run's device (``--device``) as the keyword argument ``device``
+# and passes it on to ``workload(..., device=)`` and ``measure(..., device=)``: there is
+# no module-level device that ``main`` would have to set.
 
 
-def measure(fn, repeats):
-    """The one timer (:func:`benchmarks.measure.measure`) on the run's device."""
-    return _measure(fn, repeats, DEVICE)
-
-
-def workload(name: str, **kw):
-    """A workload on the run's device."""
-    return _workload(name, device=DEVICE, **kw)
-
-
-def machine() -> str:
+def machine(device: torch.device) -> str:
+    """The CPU (and, on CUDA, the GPU) the run measures on, in words."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -59,16 +53,16 @@ def machine() -> str:
     except OSError:
         pass
     text = f"{os.cpu_count()} CPU cores ({cpu}), torch threads {torch.get_num_threads()}"
-    if DEVICE.type == "cuda":
-        text = f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda}); " + text
+    if device.type == "cuda":
+        text = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); " + text
     return text
 
 
 # -- 1. estimation ----------------------------------------------------------------------
-def estimation(names, repeats, workload_kw, skip=()):
+def estimation(names, repeats, workload_kw, *, device: torch.device, skip=()):
     rows = []
     for name in names:
-        w = workload(name, **workload_kw.get(name, {}))
+        w = workload(name, device=device, **workload_kw.get(name, {}))
         for variant in ("all", "linear"):
             with only_linear(w.model, variant == "linear"):
                 params = sum(p.numel() for p in w.model.parameters() if p.requires_grad)
@@ -79,7 +73,7 @@ def estimation(names, repeats, workload_kw, skip=()):
                         continue
                     try:
                         fn = runner(w, variant)
-                        res = measure(fn, repeats)
+                        res = measure(fn, repeats, device=device)
                     except Exception as err:  # import or set-up failure
                         res = {"ok": False, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"}
                     row = {"workload": w.name, "variant": variant, "method": method, "trainable_parameters": params,
@@ -103,8 +97,8 @@ def _fmt_est(r):
 
 
 # -- 2. training step -------------------------------------------------------------------
-def training_step(repeats, examples, name="minilm"):
-    w = workload(name, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
+def training_step(repeats, examples, name="minilm", *, device: torch.device):
+    w = workload(name, device=device, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
     model = w.model
     kfac = kt.KFAC.fit(model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
                        diagonal_modules=w.kfac_diagonal, progress=False)
@@ -184,12 +178,13 @@ def state_bytes(kfac, model, tmpdir: Path, tag: str):
             "by_kind": by_kind}
 
 
-def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_names=("cnn", "minilm", "bert-base")):
+def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_names=("cnn", "minilm", "bert-base"), *,
+                  device: torch.device):
     out = {}
     kws = {"cnn": {}, "minilm": {}, "bert-base": {"examples": 16 if quick else 32, "batch_size": 16}}
     for name in names:
         kw = kws[name]
-        w = workload(name, **kw)
+        w = workload(name, device=device, **kw)
         kfac = kt.KFAC.fit(w.model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
                            diagonal_modules=tuple(m for m in w.kfac_diagonal if m in dict(w.model.named_modules())), progress=False)
         entry = {"full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"), "ewc_state_over_parameters": 1.0,
@@ -205,36 +200,36 @@ def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_
 
 
 # -- 4. growth --------------------------------------------------------------------------
-def _penalty_time(state, model, repeats):
+def _penalty_time(state, model, repeats, device: torch.device):
     def run():
         model.zero_grad(set_to_none=True)
         state.penalty(model).backward()
-    return measure(run, repeats)
+    return measure(run, repeats, device=device)
 
 
-def growth(repeats, quick):
+def growth(repeats, quick, *, device: torch.device):
     from .peers import ours_kfac, plain_fwd_bwd
 
     out = {"sequence_length": [], "vocabulary": [], "tasks": []}
     layers = 2
     lengths = (16, 32, 64) if quick else (16, 32, 64, 128)
     for T in lengths:
-        w = workload("bert-base", layers=layers, examples=32, batch_size=16, length=T)
-        fit = measure(ours_kfac(w, "all"), repeats)
-        base = measure(plain_fwd_bwd(w, "all"), repeats)
+        w = workload("bert-base", device=device, layers=layers, examples=32, batch_size=16, length=T)
+        fit = measure(ours_kfac(w, "all"), repeats, device=device)
+        base = measure(plain_fwd_bwd(w, "all"), repeats, device=device)
         kfac = ours_kfac(w, "all")()
-        pen = _penalty_time(kfac, w.model, repeats)
+        pen = _penalty_time(kfac, w.model, repeats, device)
         row = {"length": T, "fit_s": fit["median_s"], "fit_peak_mib": fit["peak_mib"], "plain_fwd_bwd_s": base["median_s"],
                "fit_over_plain": fit["median_s"] / base["median_s"], "state_bytes": kfac.memory_bytes(), "penalty_fwd_bwd_s": pen["median_s"]}
         out["sequence_length"].append(row)
         print("growth length", row, flush=True)
     vocabs = (5000, 30522, 120000) if quick else (5000, 30522, 60000, 120000)
     for V in vocabs:
-        w = workload("bert-base", layers=layers, examples=32, batch_size=16, length=16, vocab=V)
-        fit = measure(ours_kfac(w, "all"), repeats)
-        base = measure(plain_fwd_bwd(w, "all"), repeats)
+        w = workload("bert-base", device=device, layers=layers, examples=32, batch_size=16, length=16, vocab=V)
+        fit = measure(ours_kfac(w, "all"), repeats, device=device)
+        base = measure(plain_fwd_bwd(w, "all"), repeats, device=device)
         kfac = ours_kfac(w, "all")()
-        pen = _penalty_time(kfac, w.model, repeats)
+        pen = _penalty_time(kfac, w.model, repeats, device)
         pbytes = sum(p.numel() * p.element_size() for p in w.model.parameters())
         row = {"vocab": V, "fit_s": fit["median_s"], "plain_fwd_bwd_s": base["median_s"], "fit_over_plain": fit["median_s"] / base["median_s"],
                "state_bytes": kfac.memory_bytes(), "parameter_bytes": pbytes, "state_over_parameters": kfac.memory_bytes() / pbytes,
@@ -242,7 +237,7 @@ def growth(repeats, quick):
                "penalty_fwd_bwd_s": pen["median_s"]}
         out["vocabulary"].append(row)
         print("growth vocab", row, flush=True)
-    w = workload("minilm", examples=64)
+    w = workload("minilm", device=device, examples=64)
     kfac = ours_kfac(w, "all")()
     g = torch.Generator().manual_seed(0)
     for K in ((1, 2, 4) if quick else (1, 2, 4, 8)):
@@ -254,8 +249,8 @@ def growth(repeats, quick):
         merged = terms[0]
         for t in terms[1:]:
             merged = merged.merge(t, gamma=1.0)
-        per_task = _penalty_time(total, w.model, repeats)
-        online = _penalty_time(merged, w.model, repeats)
+        per_task = _penalty_time(total, w.model, repeats, device)
+        online = _penalty_time(merged, w.model, repeats, device)
         row = {"tasks": K, "sum_penalty_s": per_task["median_s"], "online_penalty_s": online["median_s"],
                "sum_state_bytes": K * kfac.memory_bytes(), "online_state_bytes": merged.memory_bytes(),
                "sum_anchor_bytes": total.anchor_bytes(), "online_anchor_bytes": merged.anchor_bytes()}
@@ -287,20 +282,20 @@ def main(argv=None):
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
-    global DEVICE
-    DEVICE = torch.device(args.device)
-    result.update({"machine": machine(), "versions": versions(), "repeats": repeats, "quick": args.quick,
+    device = torch.device(args.device)
+    result.update({"machine": machine(device), "versions": versions(), "repeats": repeats, "quick": args.quick,
                    "date": time.strftime("%Y-%m-%d")})
     torch.manual_seed(0)
     wkw = {"minilm": {"examples": 64 if args.quick else 128},
            "cnn": {"examples": 64 if args.quick else 256},
            "bert-base": {"examples": 16 if args.quick else 32, "batch_size": 16}}
     if "estimation" in sections:
-        result["estimation"] = estimation(args.workloads.split(","), repeats, wkw, tuple(filter(None, args.skip_methods.split(","))))
+        result["estimation"] = estimation(args.workloads.split(","), repeats, wkw, device=device,
+                                          skip=tuple(filter(None, args.skip_methods.split(","))))
         out_path.write_text(json.dumps(result, indent=1))
     if "step" in sections:
         n_fisher = args.step_examples or (64 if args.quick else 256)
-        steps = {name: training_step(max(repeats, 5) if not args.quick else 3, n_fisher, name)
+        steps = {name: training_step(max(repeats, 5) if not args.quick else 3, n_fisher, name, device=device)
                  for name in args.step_workloads.split(",")}
         if "minilm" in steps:
             result["step"] = steps.pop("minilm")
@@ -312,10 +307,10 @@ def main(argv=None):
 
         with tempfile.TemporaryDirectory() as tmp:
             result["state"] = {**result.get("state", {}), **state_section(
-                Path(tmp), args.quick, args.state_workloads.split(","), args.low_rank_workloads.split(","))}
+                Path(tmp), args.quick, args.state_workloads.split(","), args.low_rank_workloads.split(","), device=device)}
         out_path.write_text(json.dumps(result, indent=1))
     if "growth" in sections:
-        result["growth"] = growth(repeats, args.quick)
+        result["growth"] = growth(repeats, args.quick, device=device)
         out_path.write_text(json.dumps(result, indent=1))
     from .plot import plot_benchmarks
 

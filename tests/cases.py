@@ -160,3 +160,27 @@ LAYER_CASES = [
     LayerCase("embedding", "embedding", _embedding),
     LayerCase("multihead_attention", "multihead_attention", _attention),
 ]
+
+
+# --------------------------------------------------------------------------- views for other test files
+def builder(case: LayerCase, one: bool = False, seed: int = 0) -> Callable[[], tuple]:
+    """``() -> (model, batches)`` of ``case``: the shape of the older test files' factories."""
+    return lambda: case.build(one, seed)
+
+
+def case_fits(cls_names=("EWC", "KFAC"), cases=None, prefix: str = "") -> dict:
+    """``{id: (make, cls, kwargs)}`` for every case and estimator: the old files' private
+    ``(make, cls, kw)`` tables, filled from ``LAYER_CASES`` (several positions per example)."""
+    import kfac_tutorial as kt
+
+    return {f"{prefix}{cls_name.lower()}_{case.name}": (builder(case), getattr(kt, cls_name), {})
+            for case in (LAYER_CASES if cases is None else cases) for cls_name in cls_names}
+
+
+def kronecker_cases(cases=None) -> list:
+    """The cases whose rule stores one :class:`~kfac_tutorial.curvature.factors.LayerFactors`
+    (``G ⊗ A`` over one weight and its bias), for checks that read ``A`` and ``G``."""
+    from kfac_tutorial.curvature.factors import FACTOR_TYPES, LayerFactors
+
+    return [c for c in (LAYER_CASES if cases is None else cases)
+            if issubclass(FACTOR_TYPES.get(c.kind, object), LayerFactors)]

@@ -9,6 +9,8 @@ Claims checked:
 * ``fisher="mc"``: unbiased, converges at the Monte-Carlo rate, reproducible by seed.
 * batching does not change the estimate; the Fisher is computed in eval() mode;
   ``to_dense`` is the diagonal matrix over trainable parameters (+ damping).
+* the empirical diagonal and batching invariance also for every layer type of
+  ``tests/cases.py`` (its exact diagonal: ``test_layer_rules.py``).
 """
 
 import copy
@@ -21,9 +23,11 @@ import kfac_tutorial as kt
 try:  # tests/ as a package or as rootdir-inserted modules
     from . import models as M
     from . import oracles as O
+    from .cases import LAYER_CASES, builder
 except ImportError:  # pragma: no cover
     import models as M
     import oracles as O
+    from cases import LAYER_CASES, builder
 
 RTOL, ATOL = 1e-8, 1e-12
 
@@ -64,15 +68,13 @@ def test_ewc_exact_diagonal_equals_diag_of_mean_per_example_fisher(make):
     _assert_diag_dict(model, ewc.diagonal, expected)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [MODELS[k] for k in ("mlp_tanh", "conv1d_maxpool", "embedding_masked_dict_input",
-                         "bi_encoder_names_called_once", "siamese_module_called_twice",
-                         "per_position_outputs_BTC")],
-    ids=["mlp_tanh", "conv1d_maxpool", "embedding_masked_dict_input",
-         "bi_encoder_names_called_once", "siamese_module_called_twice",
-         "per_position_outputs_BTC"],
-)
+EMPIRICAL = {k: MODELS[k] for k in ("mlp_tanh", "conv1d_maxpool", "embedding_masked_dict_input",
+                                    "bi_encoder_names_called_once", "siamese_module_called_twice",
+                                    "per_position_outputs_BTC")}
+EMPIRICAL.update({f"case_{c.name}": builder(c) for c in LAYER_CASES})  # every layer type
+
+
+@pytest.mark.parametrize("make", EMPIRICAL.values(), ids=EMPIRICAL.keys())
 def test_ewc_empirical_diagonal_equals_mean_squared_per_example_gradient(make):
     model, batches = make()
     grads = O.per_example_loss_grads(model, batches)  # (N, P), plain autograd
@@ -107,12 +109,15 @@ def test_ewc_gaussian_empirical_diagonal_uses_residual_f_minus_y():
 @pytest.mark.parametrize(
     "make,sizes",
     [(lambda: M.mlp(n=7), [1, 4, 2]), (lambda: M.masked_pool_classifier(n=5), [2, 1, 2]),
-     (lambda: M.bi_encoder(n=4), [3, 1])],
-    ids=["mlp", "embedding_masked", "bi_encoder"],
+     (lambda: M.bi_encoder(n=4), [3, 1])]
+    + [(builder(c), None) for c in LAYER_CASES],  # None: one example, then the rest
+    ids=["mlp", "embedding_masked", "bi_encoder"] + [f"case_{c.name}" for c in LAYER_CASES],
 )
 @pytest.mark.parametrize("fisher", ["exact", "empirical"])
 def test_ewc_diagonal_is_invariant_to_batching(make, sizes, fisher):
     model, batches = make()
+    if sizes is None:
+        sizes = [1, M.num_examples(batches) - 1]
     one = kt.EWC.fit(model, [M.join_batches(batches)], fisher=fisher)
     several = kt.EWC.fit(model, M.split_batches(batches, sizes), fisher=fisher)
     for name in O.trainable(model):

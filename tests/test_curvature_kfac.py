@@ -12,6 +12,9 @@ Claims checked:
   ``named_parameters`` order, damping on the diagonal.
 * batching invariance; ``mc`` converges to ``exact`` at the MC rate; seed
   reproducibility; ``memory_bytes``.
+* for every layer type of ``tests/cases.py``: ``to_dense`` is the Hessian of the
+  penalty (a layout-free oracle, with and without damping), batching invariance and MC
+  seed reproducibility.
 """
 
 import pytest
@@ -22,9 +25,11 @@ import kfac_tutorial as kt
 try:
     from . import models as M
     from . import oracles as O
+    from .cases import LAYER_CASES, builder
 except ImportError:  # pragma: no cover
     import models as M
     import oracles as O
+    from cases import LAYER_CASES, builder
 
 RTOL, ATOL = 1e-8, 1e-12
 
@@ -202,6 +207,30 @@ def test_kfac_to_dense_assembles_kronecker_blocks_in_named_parameters_order(make
     _close(kfac.to_dense(model), expected)
 
 
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+@pytest.mark.parametrize("case", LAYER_CASES, ids=repr)
+def test_kfac_to_dense_is_the_hessian_of_the_penalty_for_every_layer_case(case, damping):
+    """A layout-free oracle of ``to_dense`` for any layer type: the penalty is
+    ``½ Δᵀ F̂ Δ + ½ δ ‖Δ‖²``, so its gradient at ``θ* + e_i`` is column ``i`` of
+    ``F̂ + δ I``; the columns, from autograd alone, must assemble ``to_dense``."""
+    model, batches = case.build(False, 0)
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", damping=damping, progress=False)
+    params = list(O.trainable(model).values())
+    anchor = O.flat_params(model)
+    columns = []
+    for i in range(anchor.numel()):
+        step = torch.zeros_like(anchor)
+        step[i] = 1.0
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(anchor + step, params)
+        grads = torch.autograd.grad(kfac.penalty(model), params, allow_unused=True)
+        columns.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                  for g, p in zip(grads, params)]))
+    D = kfac.to_dense(model)
+    assert torch.linalg.matrix_norm(D - damping * torch.eye(len(columns), dtype=D.dtype)) > 0
+    _close(D, torch.stack(columns, dim=1))
+
+
 # ------------------------------------------------------------------ batching
 
 
@@ -209,11 +238,14 @@ def test_kfac_to_dense_assembles_kronecker_blocks_in_named_parameters_order(make
 @pytest.mark.parametrize(
     "make,sizes",
     [(lambda: M.mlp(n=7), [1, 4, 2]), (lambda: M.masked_pool_classifier(n=6), [2, 1, 3]),
-     (lambda: M.conv_classifier(n=5), [4, 1]), (lambda: M.bi_encoder(n=4), [1, 3])],
-    ids=["mlp", "embedding_masked", "conv1d", "bi_encoder"],
+     (lambda: M.conv_classifier(n=5), [4, 1]), (lambda: M.bi_encoder(n=4), [1, 3])]
+    + [(builder(c), None) for c in LAYER_CASES],  # None: one example, then the rest
+    ids=["mlp", "embedding_masked", "conv1d", "bi_encoder"] + [f"case_{c.name}" for c in LAYER_CASES],
 )
 def test_kfac_factors_are_invariant_to_batching(make, sizes, weight_sharing):
     model, batches = make()
+    if sizes is None:
+        sizes = [1, M.num_examples(batches) - 1]
     kw = dict(fisher="exact", weight_sharing=weight_sharing)
     one = kt.KFAC.fit(model, [M.join_batches(batches)], **kw)
     several = kt.KFAC.fit(model, M.split_batches(batches, sizes), **kw)
@@ -251,8 +283,12 @@ def test_kfac_mc_gradient_factors_converge_to_exact_at_the_monte_carlo_rate():
         _close(many.factors[layer].A, exact.factors[layer].A)
 
 
-def test_kfac_mc_is_reproducible_with_a_fixed_seed_and_varies_with_the_seed():
-    model, batches = M.masked_pool_classifier()
+MC_MODELS = {"embedding_layernorm": M.masked_pool_classifier, **{f"case_{c.name}": builder(c) for c in LAYER_CASES}}
+
+
+@pytest.mark.parametrize("make", MC_MODELS.values(), ids=MC_MODELS.keys())
+def test_kfac_mc_is_reproducible_with_a_fixed_seed_and_varies_with_the_seed(make):
+    model, batches = make()
     torch.manual_seed(1)
     a = kt.KFAC.fit(model, batches, fisher="mc", mc_samples=2, seed=3)
     torch.manual_seed(2)

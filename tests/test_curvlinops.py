@@ -19,6 +19,9 @@ Conventions and conversion (read off curvlinops/kfac.py, v3.0.1):
     Fisher of the summed loss; ours the mean per-example Fisher). With T predictions
     per example and "mean", curvlinops would divide by N·T instead, so for per-token
     outputs we use "sum" and divide by N.
+
+Every layer type of ``tests/cases.py`` that curvlinops supports (Linear and Conv2d, and
+subclasses) is compared as well, in both weight-sharing settings.
 """
 
 import pytest
@@ -30,9 +33,11 @@ import kfac_tutorial as kt
 try:
     from . import models as M
     from . import oracles as O
+    from .cases import LAYER_CASES
 except ImportError:  # pragma: no cover
     import models as M
     import oracles as O
+    from cases import LAYER_CASES
 
 curvlinops = pytest.importorskip("curvlinops")
 from curvlinops import FisherType, KFACLinearOperator, KFACType  # noqa: E402
@@ -140,4 +145,25 @@ def test_kfac_reduce_with_pooled_outputs_matches_curvlinops_reduce(fisher):
     for name in ("l1", "head"):
         _close(ours.factors[name].A, op._input_covariances[name])
         _close(ours.factors[name].G, op._gradient_covariances[name])
+    _close(ours.to_dense(model), op @ torch.eye(O.num_params(model), dtype=torch.float64))
+
+
+# the layer cases whose layer type curvlinops' KFAC supports (Linear, Conv2d, subclasses)
+CURVLINOPS_CASES = [c for c in LAYER_CASES
+                    if isinstance(c.build(False, 0)[0].layer, (nn.Linear, nn.Conv2d))]
+
+
+@pytest.mark.parametrize("fisher", ["exact", "empirical"])
+@pytest.mark.parametrize("mode", ["expand", "reduce"])
+@pytest.mark.parametrize("case", CURVLINOPS_CASES, ids=repr)
+def test_every_layer_case_curvlinops_supports_matches_it(case, mode, fisher):
+    """One prediction per example, mean reduction: A and G agree as they are, for both
+    weight-sharing settings, and so does the dense matrix."""
+    model, batches = case.build(False, 0)
+    ours = kt.KFAC.fit(model, batches, fisher=fisher, weight_sharing=mode, progress=False)
+    op = _curvlinops(model, batches, fisher, "mean", {"expand": KFACType.EXPAND, "reduce": KFACType.REDUCE}[mode])
+    assert set(op._input_covariances) == set(ours.factors) == {"layer", "out"}
+    for name, f in ours.factors.items():
+        _close(f.A, op._input_covariances[name])
+        _close(f.G, op._gradient_covariances[name])
     _close(ours.to_dense(model), op @ torch.eye(O.num_params(model), dtype=torch.float64))

@@ -6,7 +6,8 @@ least ``1 − tol`` of every layer's ``tr(G ⊗ A)`` and stays close on random �
 survive a save/load round trip bit for bit; files store symmetric factors as upper
 triangles (half the bytes) and still read files written with dense factors; a damaged
 root is refused with a message naming it; merging a low-rank state equals merging the
-full one.
+full one. The ``tol=0``, round-trip and merge checks also run over every layer type of
+``tests/cases.py``.
 """
 
 import json
@@ -20,8 +21,10 @@ from kfac_tutorial.persistence import StateFileError, write_state
 
 try:
     from . import models as M
+    from .cases import LAYER_CASES, builder
 except ImportError:  # pragma: no cover
     import models as M
+    from cases import LAYER_CASES, builder
 
 
 def _wide_mlp(n=3):
@@ -32,6 +35,7 @@ MAKERS = {
     "mlp_few_examples": (_wide_mlp, {}),
     "embedding_layernorm": (lambda: M.masked_pool_classifier(n=2), {}),
     "tiny_bert_reduce": (lambda: M.bert_linker(n=2), {}),
+    **{f"case_{c.name}": (builder(c), {}) for c in LAYER_CASES},  # every layer type
 }
 
 
@@ -85,8 +89,12 @@ def test_tolerance_keeps_the_trace_of_every_kronecker_block_and_is_close_on_rand
     assert p_low >= (1 - 3 * tol) * p_full
 
 
-def test_low_rank_state_round_trips_bit_for_bit(tmp_path):
-    model, batches = M.bert_linker(n=2)
+ROUND_TRIP = {"tiny_bert": lambda: M.bert_linker(n=2), **{f"case_{c.name}": builder(c) for c in LAYER_CASES}}
+
+
+@pytest.mark.parametrize("make", ROUND_TRIP.values(), ids=ROUND_TRIP.keys())
+def test_low_rank_state_round_trips_bit_for_bit(tmp_path, make):
+    model, batches = make()
     low = kt.KFAC.fit(model, batches, fisher="exact", progress=False).low_rank(max_fraction=1.0)
     path = tmp_path / "low.safetensors"
     low.save(path)
@@ -153,8 +161,12 @@ def test_a_root_with_the_wrong_shape_is_refused_naming_it(tmp_path):
         kt.KFAC.load(path, model)
 
 
-def test_merging_low_rank_states_equals_merging_full_ones():
-    model, batches = _wide_mlp(n=3)
+MERGE = {"wide_mlp": lambda: _wide_mlp(n=3), **{f"case_{c.name}": builder(c) for c in LAYER_CASES}}
+
+
+@pytest.mark.parametrize("make", MERGE.values(), ids=MERGE.keys())
+def test_merging_low_rank_states_equals_merging_full_ones(make):
+    model, batches = make()
     a = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
     M.perturb(model, scale=0.2)
     b = kt.KFAC.fit(model, batches, fisher="exact", progress=False)

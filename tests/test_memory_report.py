@@ -6,7 +6,9 @@ computed by hand (``A`` ``(d_in+1)²``/``d_in²``/``(c_in k+1)²``, ``G`` ``d_ou
 ``A`` a ``V`` vector, LayerNorm and EWC one number per parameter, frozen nothing); the
 column sums to ``state.memory_bytes()``; parameter bytes follow the dtype; a per-task
 sum adds its terms; modules named in ``diagonal_modules`` are diagonal; factors held as
-low-rank roots are counted as stored.
+low-rank roots are counted as stored. For every layer type of ``tests/cases.py``: its
+row is one Kronecker block whose factor sides multiply to the layer's parameter count,
+and EWC and low-rank reports add up to ``memory_bytes()``.
 """
 
 import pytest
@@ -15,6 +17,11 @@ from torch import nn
 
 import kfac_tutorial as kt
 from kfac_tutorial.curvature import memory_report
+
+try:
+    from .cases import LAYER_CASES, kronecker_cases
+except ImportError:  # pragma: no cover
+    from cases import LAYER_CASES, kronecker_cases
 
 V, D, H, C, K = 13, 4, 6, 3, 3  # vocabulary, embedding dim, channels, classes, kernel
 
@@ -113,4 +120,44 @@ def test_low_rank_roots_are_counted_as_stored():
     kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False).low_rank(0.0)
     report = memory_report(kfac, model)
     assert report["curvature_bytes"].sum() == kfac.memory_bytes()
+    assert "(unattributed)" not in set(report["module"])
+
+
+# ------------------------------------------------------------------ every layer type of tests/cases.py
+
+
+@pytest.mark.parametrize("case", kronecker_cases(), ids=repr)
+def test_a_layer_case_is_one_kronecker_row_whose_factors_cover_its_parameters(case):
+    """``G ⊗ A`` (``diag(A) ⊗ G`` for a vector ``A``) is one block over exactly the layer's
+    parameters: the factors' side lengths multiply to the parameter count, and the row
+    holds ``a² + g²`` numbers (``a + g²`` for a vector ``A``)."""
+    model, batches = case.build(False, 0)
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
+    rows = _rows(memory_report(kfac, model))
+    layer, f = model.get_submodule("layer"), kfac.factors["layer"]
+    count = sum(p.numel() for p in layer.parameters())
+    a, g = f.A.shape[0], f.G.shape[0]
+    assert a * g == count
+    hand = {2: (a * a + g * g, f"A {a}×{a}, G {g}×{g}"), 1: (a + g * g, f"A diag({a}), G {g}×{g}")}
+    numbers, factors = hand[f.A.dim()]
+    row = rows.loc["layer"]
+    assert row["storage"] == "kronecker"
+    assert row["layer_type"] == type(layer).__name__
+    assert row["factors"] == factors
+    assert row["curvature_bytes"] == numbers * f.A.element_size()
+    assert row["parameters"] == count and row["parameter_bytes"] == count * 8
+    assert rows["curvature_bytes"].sum() == kfac.memory_bytes()
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=repr)
+def test_ewc_and_low_rank_reports_add_up_for_every_layer_case(case):
+    model, batches = case.build(False, 0)
+    ewc = kt.EWC.fit(model, batches, fisher="exact", progress=False)
+    rows = _rows(memory_report(ewc, model))
+    assert (rows["storage"] == "diagonal").all()
+    assert (rows["curvature_bytes"] == rows["parameter_bytes"]).all()
+    assert rows["curvature_bytes"].sum() == ewc.memory_bytes()
+    low = kt.KFAC.fit(model, batches, fisher="exact", progress=False).low_rank(0.0, max_fraction=1.0)
+    report = memory_report(low, model)
+    assert report["curvature_bytes"].sum() == low.memory_bytes()
     assert "(unattributed)" not in set(report["module"])

@@ -8,6 +8,9 @@ Claims checked:
 * ``a + b``: penalty / to_dense / memory_bytes are sums, each term with its own anchor.
 * ``old.merge(new, gamma)``: EWC diagonal = γ·old + new exactly, anchor = new's; KFAC
   with identical factors: to_dense = (1 + γ)·(A ⊗ G) blocks, anchor = new's.
+
+Every check that holds for any layer type runs over the models below and over every
+layer type of ``tests/cases.py`` (``LAYER_CASES``): a new layer case is checked here too.
 """
 
 import pytest
@@ -18,9 +21,11 @@ import kfac_tutorial as kt
 try:
     from . import models as M
     from . import oracles as O
+    from .cases import LAYER_CASES, builder, case_fits, kronecker_cases
 except ImportError:  # pragma: no cover
     import models as M
     import oracles as O
+    from cases import LAYER_CASES, builder, case_fits, kronecker_cases
 
 RTOL, ATOL = 1e-8, 1e-12
 
@@ -49,6 +54,7 @@ FITS = {
     "ewc_bi_encoder": (M.bi_encoder, kt.EWC, {}),
     "kfac_bi_encoder_logit_scale": (lambda: M.bi_encoder(logit_scale=True), kt.KFAC, {}),
     "kfac_tied_embedding": (M.tied_embedding_classifier, kt.KFAC, {}),
+    **case_fits(prefix="case_"),  # every layer type of tests/cases.py, EWC and KFAC
 }
 
 
@@ -134,10 +140,16 @@ def test_penalty_is_differentiable_and_usable_in_a_training_step():
 # ------------------------------------------------------------------ several tasks
 
 
-def _two_tasks(cls_a, cls_b):
+# the MLP, then every layer type of tests/cases.py: ``seed -> (model, batches)``, where
+# the data (not the shapes) depend on the seed
+TASKS = {"mlp": lambda seed: M.mlp(n=4, seed=seed)}
+TASKS.update({f"case_{c.name}": (lambda seed, c=c: c.build(False, seed)) for c in LAYER_CASES})
+
+
+def _two_tasks(cls_a, cls_b, make=TASKS["mlp"]):
     """Fit a on task 1 at θ1, move the model, fit b on task 2 at θ2, move again."""
-    model, batches1 = M.mlp(n=4, seed=0)
-    _, batches2 = M.mlp(n=4, seed=5)
+    model, batches1 = make(0)
+    _, batches2 = make(5)
     a = cls_a.fit(model, batches1, fisher="exact")
     M.perturb(model, scale=0.2, seed=1)
     b = cls_b.fit(model, batches2, fisher="exact")
@@ -149,8 +161,9 @@ def _two_tasks(cls_a, cls_b):
     "cls_a,cls_b", [(kt.EWC, kt.EWC), (kt.KFAC, kt.KFAC), (kt.EWC, kt.KFAC), (kt.KFAC, kt.EWC)],
     ids=["ewc+ewc", "kfac+kfac", "ewc+kfac", "kfac+ewc"],
 )
-def test_sum_of_consolidations_sums_penalties_with_their_own_anchors(cls_a, cls_b):
-    model, a, b = _two_tasks(cls_a, cls_b)
+@pytest.mark.parametrize("make", TASKS.values(), ids=TASKS.keys())
+def test_sum_of_consolidations_sums_penalties_with_their_own_anchors(cls_a, cls_b, make):
+    model, a, b = _two_tasks(cls_a, cls_b, make)
     theta = O.flat_params(model)
 
     def anchor(e):
@@ -177,9 +190,10 @@ def test_sum_of_three_consolidations_is_associative_in_its_penalty():
     _close((a + (b + c)).penalty(model), total)
 
 
+@pytest.mark.parametrize("make", TASKS.values(), ids=TASKS.keys())
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
-def test_ewc_merge_is_gamma_old_plus_new_with_the_new_anchor(gamma):
-    model, old, new = _two_tasks(kt.EWC, kt.EWC)
+def test_ewc_merge_is_gamma_old_plus_new_with_the_new_anchor(gamma, make):
+    model, old, new = _two_tasks(kt.EWC, kt.EWC, make)
     merged = old.merge(new, gamma)
     assert isinstance(merged, kt.EWC)
     for n in O.trainable(model):
@@ -193,9 +207,16 @@ def test_ewc_merge_is_gamma_old_plus_new_with_the_new_anchor(gamma):
     _close(merged.penalty(model), 0.5 * delta @ dense @ delta)
 
 
+MERGE_MODELS = {
+    "embedding_layernorm": M.masked_pool_classifier,  # Kronecker blocks and diagonal params
+    **{f"case_{c.name}": builder(c) for c in LAYER_CASES},
+}
+
+
+@pytest.mark.parametrize("make", MERGE_MODELS.values(), ids=MERGE_MODELS.keys())
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
-def test_kfac_merge_of_identical_factors_is_one_plus_gamma_times_kron(gamma):
-    model, batches = M.masked_pool_classifier()  # Kronecker blocks and diagonal params
+def test_kfac_merge_of_identical_factors_is_one_plus_gamma_times_kron(gamma, make):
+    model, batches = make()
     old = kt.KFAC.fit(model, batches, fisher="exact")
     new = kt.KFAC.fit(model, batches, fisher="exact")  # identical factors
     merged = old.merge(new, gamma)
@@ -205,8 +226,12 @@ def test_kfac_merge_of_identical_factors_is_one_plus_gamma_times_kron(gamma):
     _close(merged.penalty(model), (1 + gamma) * new.penalty(model))
 
 
-def test_kfac_merge_keeps_the_new_anchor_and_factor_shapes():
-    model, old, new = _two_tasks(kt.KFAC, kt.KFAC)
+KRONECKER_TASKS = {"mlp": TASKS["mlp"], **{f"case_{c.name}": TASKS[f"case_{c.name}"] for c in kronecker_cases()}}
+
+
+@pytest.mark.parametrize("make", KRONECKER_TASKS.values(), ids=KRONECKER_TASKS.keys())
+def test_kfac_merge_keeps_the_new_anchor_and_factor_shapes(make):
+    model, old, new = _two_tasks(kt.KFAC, kt.KFAC, make)
     merged = old.merge(new, 0.5)
     for n in O.trainable(model):
         assert torch.equal(merged.anchor[n], new.anchor[n]), n

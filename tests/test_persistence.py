@@ -5,7 +5,8 @@ embeddings and LayerNorm, with damping); the file is safetensors (8-byte little-
 header length, then a JSON header with ``__metadata__``), not a pickle; the write is
 atomic (no temporary files left); ``load`` refuses, with a ``ValueError`` whose message
 names the problem, a wrong shape, a missing or extra parameter, a truncated file, random
-bytes and an EWC file given to ``KFAC.load``.
+bytes and an EWC file given to ``KFAC.load``. The round trip and the file format are
+checked for every layer type of ``tests/cases.py`` too (EWC and KFAC).
 """
 
 import json
@@ -18,8 +19,10 @@ import kfac_tutorial as kt
 
 try:
     from . import models as M
+    from .cases import case_fits
 except ImportError:  # pragma: no cover
     import models as M
+    from cases import case_fits
 
 CASES = {
     "ewc_mlp": (lambda: M.mlp(n=4), kt.EWC, {}),
@@ -29,6 +32,7 @@ CASES = {
     "kfac_conv1d_diagonal_modules": (
         M.conv_classifier, kt.KFAC, {"diagonal_modules": ("head",), "weight_sharing": "expand"}
     ),
+    **case_fits(prefix="case_"),  # every layer type of tests/cases.py, EWC and KFAC
 }
 
 

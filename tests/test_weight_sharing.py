@@ -13,7 +13,8 @@ setting) or Σ_t a_t a_tᵀ ⊗ B_lᵀB_l (expand setting), which the matching K
 Formula claims (any architecture): the factors equal the contract's expand / reduce
 formulas computed by brute force (``oracles.kfac_factors``) for a masked-pooling model,
 a tiny BERT, a bi-encoder (names encoded once per batch: every example gets all name
-positions), a Siamese model (module called twice) and per-position (B, T, C) outputs.
+positions), a Siamese model (module called twice), every layer type of
+``tests/cases.py`` called twice per example, and per-position (B, T, C) outputs.
 """
 
 import pytest
@@ -24,9 +25,11 @@ import kfac_tutorial as kt
 try:
     from . import models as M
     from . import oracles as O
+    from .cases import LAYER_CASES
 except ImportError:  # pragma: no cover
     import models as M
     import oracles as O
+    from cases import LAYER_CASES
 
 RTOL, ATOL = 1e-8, 1e-12
 
@@ -222,6 +225,34 @@ def test_kfac_module_called_twice_per_example_contributes_both_calls(mode, fishe
     A1 = O.layer_inputs(model, batches[0][0], "enc")[0]
     A1 = torch.cat([A1, torch.ones(A1.shape[0], 1, dtype=A1.dtype)], 1)
     assert not torch.allclose(kfac.factors["enc"].A.double(), A1.T @ A1 / A1.shape[0])
+
+
+class CalledTwice(torch.nn.Module):
+    """A layer case's model run on two inputs per example, logits summed: every module
+    of it (``head.layer`` among them) is called twice per example."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, batch):
+        return self.head(batch["a"]) + self.head(batch["b"])
+
+
+@pytest.mark.parametrize("fisher", ["exact", "empirical"])
+@pytest.mark.parametrize("mode", ["expand", "reduce"])
+@pytest.mark.parametrize("case", LAYER_CASES, ids=repr)
+def test_every_layer_type_called_twice_per_example_contributes_both_calls(case, mode, fisher):
+    head, batches = case.build(False, 0)
+    _, others = case.build(False, 7)  # same shapes, other inputs
+    model = CalledTwice(head)
+    batches = [({"a": x, "b": xo}, y) for (x, y), (xo, _) in zip(batches, others)]
+    kfac = kt.KFAC.fit(model, batches, fisher=fisher, weight_sharing=mode)
+    assert "head.layer" in kfac.factors
+    _check_factors(model, batches, kfac, mode, None, fisher=fisher)
+    # and it is not what one call alone would give
+    one = kt.KFAC.fit(head, [(x["a"], y) for x, y in batches], fisher=fisher, weight_sharing=mode)
+    assert not torch.allclose(kfac.factors["head.layer"].A.double(), one.factors["layer"].A.double())
 
 
 @pytest.mark.parametrize("fisher", ["exact", "empirical"])

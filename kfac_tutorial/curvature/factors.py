@@ -278,7 +278,9 @@ def maybe_root(M: Tensor, tol: float, max_fraction: float) -> tuple[Tensor, bool
         r = int((s > s[0] * d * torch.finfo(M.dtype).eps).sum())
     if r > max_fraction * d:
         return M, False
-    return (U[:, :r] * s[:r].sqrt()).to(M.dtype), True
+    # row-major like a root read back from a file, so that a saved and reloaded state's
+    # penalty is bit-identical (matmul's summation order follows the strides)
+    return (U[:, :r] * s[:r].sqrt()).to(M.dtype).contiguous(), True
 
 
 def storage_of(t: Tensor, root: bool) -> str:
