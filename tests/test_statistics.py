@@ -184,3 +184,23 @@ def test_first_tasks_reads_the_runs_after_fewer_tasks():
     assert c["verdict"] == "ewc" and c["ci95"][0] > 0
     with pytest.raises(ValueError, match="between 2 and the number of tasks"):
         first_tasks(combined, 4)
+
+
+def test_reproduction_check_has_an_exact_and_a_cross_machine_level():
+    from kfac_tutorial.experiments import reproduction_check
+
+    ex = {"a": {"test": 100}, "b": {"test": 200}}
+    rec = {"seed": 0, "tasks": ["a", "b"], "examples": ex,
+           "methods": {"kfac": {"accuracy_matrix": [[0.9, None], [0.8, 0.7]]}}}
+
+    def live(r10):
+        return {"seed": 0, "tasks": ["a", "b"], "examples": ex,
+                "methods": {"kfac": {"accuracy_matrix": [[0.9, None], [r10, 0.7]]}}}
+
+    same = reproduction_check(live(0.82), rec, ["kfac"])          # 2 mentions of 100
+    assert same["reproduced"] and same["agrees"] and same["max_mentions"] == {"kfac": 2}
+    other = reproduction_check(live(0.84), rec, ["kfac"])         # 4 points: another CPU's noise
+    assert not other["reproduced"] and other["agrees"]
+    assert other["max_accuracy"]["kfac"] == pytest.approx(0.04)
+    broken = reproduction_check(live(0.5), rec, ["kfac"])         # a broken method: 30 points
+    assert not broken["reproduced"] and not broken["agrees"]
