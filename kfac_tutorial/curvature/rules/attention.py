@@ -30,6 +30,7 @@ single ``A``; the out-projection keeps its factors), unbatched or nested inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -38,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..factors import LayerFactors
-from .linear import positions_last, squared_outer_sum, token_axis_length, tokens_mask
-from .registry import CallSite, LayerRule, broadcast_rows, register
+from .linear import matrix_per_example_grads, matrix_squared_grads, positions_last, token_axis_length, tokens_mask
+from .registry import CallSite, LayerRule, register
 
 CROSS_ATTENTION = ("called with distinct query, key and value tensors (cross-attention): the three blocks of "
                    "in_proj_weight see different inputs, so they have no single Kronecker input factor")
@@ -168,21 +169,10 @@ def attach(module: nn.Module, site: CallSite) -> _Restore:
     return _Restore(module)
 
 
-def per_example_grads(module: nn.Module, a: Tensor, g: Tensor) -> dict:
-    """``in_proj_weight``: ``Σ_s g_s a_sᵀ`` ``(B, 3E, E)``; ``in_proj_bias``: ``Σ_s g_s``."""
-    a = broadcast_rows(a, g.shape[0])
-    grads = {"in_proj_weight": torch.einsum("bpo,bpi->boi", g, a)}
-    if module.in_proj_bias is not None:
-        grads["in_proj_bias"] = g.sum(1)
-    return grads
-
-
-def squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype) -> dict:
-    """``Σ_n`` squared per-example gradients of ``in_proj_weight`` (and ``in_proj_bias``)."""
-    out = {"in_proj_weight": squared_outer_sum(a, g, dtype)}
-    if module.in_proj_bias is not None:
-        out["in_proj_bias"] = g.sum(1).to(dtype).square().sum(0)
-    return out
+#: ``in_proj_weight``: ``Σ_s g_s a_sᵀ`` ``(B, 3E, E)``; ``in_proj_bias``: ``Σ_s g_s`` (the
+#: Linear rule's algebra on the packed projection's attribute names).
+per_example_grads = functools.partial(matrix_per_example_grads, weight="in_proj_weight", bias="in_proj_bias")
+squared_grads = functools.partial(matrix_squared_grads, weight="in_proj_weight", bias="in_proj_bias")
 
 
 register(nn.MultiheadAttention, LayerRule(

@@ -30,12 +30,15 @@ def tokens_mask(module: nn.Module, x: Tensor, out: Tensor, mask: Optional[Tensor
     return token_mask(x, mask) if x.dim() >= 3 else None
 
 
-def matrix_per_example_grads(module: nn.Module, a: Tensor, g: Tensor) -> dict:
-    """Per-example ``Σ_s g_s a_sᵀ`` (weight, reshaped to the parameter) and ``Σ_s g_s`` (bias)."""
+def matrix_per_example_grads(module: nn.Module, a: Tensor, g: Tensor, weight: str = "weight",
+                             bias: str = "bias") -> dict:
+    """Per-example ``Σ_s g_s a_sᵀ`` (the matrix ``module.<weight>``, reshaped to the
+    parameter) and ``Σ_s g_s`` (``module.<bias>``, when present)."""
     a = broadcast_rows(a, g.shape[0])
-    grads = {"weight": torch.einsum("bpo,bpi->boi", g, a).reshape(g.shape[0], *module.weight.shape)}
-    if module.bias is not None:
-        grads["bias"] = g.sum(1)
+    w = getattr(module, weight)
+    grads = {weight: torch.einsum("bpo,bpi->boi", g, a).reshape(g.shape[0], *w.shape)}
+    if getattr(module, bias, None) is not None:
+        grads[bias] = g.sum(1)
     return grads
 
 
@@ -56,11 +59,13 @@ def squared_outer_sum(a: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
     return w
 
 
-def matrix_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype) -> dict:
-    """``Σ_n`` squared per-example gradients of the weight (and bias), in ``dtype``."""
-    out = {"weight": squared_outer_sum(a, g, dtype).reshape(module.weight.shape)}
-    if module.bias is not None:
-        out["bias"] = g.sum(1).to(dtype).square().sum(0)
+def matrix_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype,
+                         weight: str = "weight", bias: str = "bias") -> dict:
+    """``Σ_n`` squared per-example gradients of ``module.<weight>`` (and ``module.<bias>``),
+    in ``dtype``."""
+    out = {weight: squared_outer_sum(a, g, dtype).reshape(getattr(module, weight).shape)}
+    if getattr(module, bias, None) is not None:
+        out[bias] = g.sum(1).to(dtype).square().sum(0)
     return out
 
 
