@@ -122,13 +122,22 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
     opt = torch.optim.AdamW(_param_groups(model, lr, head_lr), weight_decay=0.0)
     model.train()
     ddp = _ddp(model)
-    if ddp is not None:
-        return _train_ddp(model, ddp, opt, batches, epochs=epochs, penalty=penalty, lam=lam, method=method,
-                          task=task, max_grad_norm=max_grad_norm, label_smoothing=label_smoothing,
-                          progress=progress, on_epoch_end=on_epoch_end)
+    if ddp is None:
+        def batch_loss(inputs, targets):  # the batch's mean loss
+            return _loss(model(inputs), targets, label_smoothing, mean=True)
+        rank = 0
+    else:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+
+        def batch_loss(inputs, targets):  # this rank's slice, scaled so that DDP's mean is the batch's mean
+            rows, weight = rank_slice(len(targets), rank, world)
+            return weight * _loss(ddp(_take(inputs, rows)), targets[rows.to(targets.device)], label_smoothing, mean=False)
+
     history, step = [], 0
     bar = None
-    if progress:
+    if progress and rank == 0:
         from .progress import progress_bar as tqdm
 
         bar = tqdm(total=epochs * len(batches), desc=f"{method} · {task}", leave=False)
@@ -138,17 +147,9 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
                 batches.set_epoch(epoch)
             total, count = 0.0, 0
             for inputs, targets in batches:
-                logits = model(inputs)
-                if label_smoothing:  # smooth over the unmasked (seen) classes only
-                    logp = F.log_softmax(logits, dim=-1)
-                    live = logits > MASKED_LOGIT / 2
-                    smooth = -(logp * live).sum(-1) / live.sum(-1)
-                    nll = -logp.gather(1, targets[:, None]).squeeze(1)
-                    loss = ((1 - label_smoothing) * nll + label_smoothing * smooth).mean()
-                else:
-                    loss = F.cross_entropy(logits, targets)
+                loss = batch_loss(inputs, targets)
                 if penalty is not None and lam != 0.0:
-                    loss = loss + lam * penalty(model)
+                    loss = loss + lam * penalty(model)  # the same on every rank: DDP's mean keeps it
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(method, task, step, float(loss.detach()))
                 opt.zero_grad(set_to_none=True)
@@ -161,7 +162,8 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+                    if ddp is None:
+                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
             history.append(total / max(count, 1))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history[-1])
@@ -170,6 +172,22 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
         if bar is not None:
             bar.close()
     return history
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float, mean: bool) -> torch.Tensor:
+    """Cross-entropy of ``logits`` ``(B, C)``, the mean (``mean``) or the sum over the batch;
+    ``label_smoothing`` spreads that much target mass over the unmasked (seen) classes."""
+    if label_smoothing:
+        logp = F.log_softmax(logits, dim=-1)
+        live = logits > MASKED_LOGIT / 2
+        smooth = -(logp * live).sum(-1) / live.sum(-1)
+        nll = -logp.gather(1, targets[:, None]).squeeze(1)
+        per_example = (1 - label_smoothing) * nll + label_smoothing * smooth
+    elif mean:
+        return F.cross_entropy(logits, targets)
+    else:
+        per_example = F.cross_entropy(logits, targets, reduction="none")
+    return per_example.mean() if mean else per_example.sum()
 
 
 def _ddp(model: nn.Module):
@@ -202,60 +220,6 @@ def _take(inputs, rows: torch.Tensor):
     if isinstance(inputs, dict):
         return {k: v[rows.to(v.device)] for k, v in inputs.items()}
     return inputs[rows.to(inputs.device)]
-
-
-def _train_ddp(model, ddp, opt, batches, *, epochs, penalty, lam, method, task, max_grad_norm, label_smoothing,
-               progress, on_epoch_end) -> list[float]:
-    """:func:`train` on several processes (see there): this rank's slice of every batch."""
-    import torch.distributed as dist
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    history, step = [], 0
-    bar = None
-    if progress and rank == 0:
-        from .progress import progress_bar as tqdm
-
-        bar = tqdm(total=epochs * len(batches), desc=f"{method} · {task}", leave=False)
-    try:
-        for epoch in range(epochs):
-            if hasattr(batches, "set_epoch"):
-                batches.set_epoch(epoch)
-            total, count = 0.0, 0
-            for inputs, targets in batches:
-                rows, weight = rank_slice(len(targets), rank, world)
-                logits = ddp(_take(inputs, rows))
-                mine = targets[rows.to(targets.device)]
-                if label_smoothing:
-                    logp = F.log_softmax(logits, dim=-1)
-                    live = logits > MASKED_LOGIT / 2
-                    smooth = -(logp * live).sum(-1) / live.sum(-1)
-                    nll = -logp.gather(1, mine[:, None]).squeeze(1)
-                    per_example = (1 - label_smoothing) * nll + label_smoothing * smooth
-                else:
-                    per_example = F.cross_entropy(logits, mine, reduction="none")
-                loss = weight * per_example.sum()
-                if penalty is not None and lam != 0.0:
-                    loss = loss + lam * penalty(model)  # the same on every rank: DDP's mean keeps it
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(method, task, step, float(loss.detach()))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                opt.step()
-                total += float(loss.detach()) * len(targets)
-                count += len(targets)
-                step += 1
-                if bar is not None:
-                    bar.update(1)
-            history.append(total / max(count, 1))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, history[-1])
-                model.train()
-    finally:
-        if bar is not None:
-            bar.close()
-    return history
 
 
 @torch.no_grad()
