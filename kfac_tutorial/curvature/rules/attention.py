@@ -1,4 +1,4 @@
-"""``nn.MultiheadAttention``: the packed in-projection as one Linear, the out-projection as a Linear.
+"""``nn.MultiheadAttention``: the packed in-projection as one Linear per group of q/k/v blocks that see one input tensor, the out-projection as a Linear.
 
 PyTorch applies both projections functionally (``F.multi_head_attention_forward``): no
 module call shows them to a forward hook. While a fit records, a supported instance
@@ -12,20 +12,44 @@ restored when the recording ends; nothing else about the module changes):
   ``Σ_s g_s a_sᵀ`` with ``a_s = x_s`` and ``g_s = (dq_s, dk_s, dv_s)`` ``(3E,)``, so
   ``in_proj_weight`` (and ``in_proj_bias``) get the Linear factors ``A = E[ā āᵀ]``
   ``(E+1, E+1)``, ``G = E[g gᵀ]`` ``(3E, 3E)`` (kind ``"multihead_attention"``).
+* in-projection, cross-attention (distinct tensors): the blocks ``W_q``, ``W_k``, ``W_v``
+  (rows ``[0, E)``, ``[E, 2E)``, ``[2E, 3E)``) are grouped by the tensor they see,
+  compared by identity (:func:`qkv_groups`; bit masks ``1`` q, ``2`` k, ``4`` v): a
+  decoder's ``multihead_attn(x, memory, memory)`` has ``[q], [k, v]``, three distinct
+  tensors ``[q], [k], [v]``. Each group ``g`` is recorded as its own call (stream ``g``,
+  see ``LayerRule.combine_streams``): input ``x_g`` ``(N, T_g, E)`` (query and key
+  lengths may differ), output ``(N, T_g, 3E)`` = its blocks' projections with zeros in
+  the other groups' columns, so its output gradient is ``g_s`` on its own rows and the
+  Linear rule's per-example gradients, summed over the groups, are exact. Each group
+  gets ``A_g = E[ā āᵀ]`` over its own tokens and ``G_g = E[g gᵀ]`` ``(|g|E)²`` over its
+  rows, and ``F ≈ ⊕_g G_g ⊗ A_g`` (block diagonal over the groups;
+  :class:`~..grouped_factors.QKVGroupFactors`, kind ``"multihead_attention_groups"``,
+  dense only). Self-attention is the one group ``[q, k, v]`` and keeps today's factors
+  and state-file layout. Cost: each group's ``G`` statistic is summed at the width
+  ``3E`` (zeros outside its rows) and cut to its rows at the end, the same cost per token
+  as self-attention's.
+* ``weight_sharing``: as for self-attention (and any Linear), per group: ``expand``
+  averages ``ā āᵀ`` over the group's valid tokens; ``reduce`` takes each example's mean
+  ``ā`` over the group's tokens and its sum ``ĝ`` over them.
+* The grouping is fixed by the first recorded call of a fit. A later call grouped
+  otherwise (one module used for self- and cross-attention) is refused with its reason:
+  in the first batch the module falls back to a diagonal (named in the warning;
+  ``strict=True`` raises), in a later batch the fit raises.
 * out-projection: ``out_proj`` is called as a module on the attention output ``(N, L, E)``
   and gets the ordinary Linear rule.
 
-Positions are tokens. ``key_padding_mask`` (``(N, L)``; bool True, or a float ``-inf``,
-marks padding) excludes the padded tokens from both projections' factors, as an
-``attention_mask`` keyword does; any outer ``attention_mask`` applies too. Dropout is
-the module's (a fit runs in ``eval()``, so none). ``batch_first`` either way.
+Positions are tokens. ``key_padding_mask`` (``(N, S)``; bool True, or a float ``-inf``,
+marks padding) excludes the padded tokens from the factors of the groups that hold the
+keys or values (self-attention: both projections' factors); the query's own group has no
+key padding mask (like any Linear, an outer ``attention_mask`` of its shape applies, as
+it does to the cross-attention's ``out_proj``). Dropout is the module's (a fit runs in
+``eval()``, so none). ``batch_first`` either way.
 
 Not handled exactly, so the module's parameters fall back to a diagonal Fisher with the
 reason in the fit's warning (``strict=True`` raises): ``kdim``/``vdim`` other than
 ``embed_dim``, ``add_bias_kv``, ``add_zero_attn``, a subclass with its own ``forward``
-(static, :func:`supports`); and per call: distinct ``query``/``key``/``value`` tensors
-(cross-attention: the three blocks of ``W_in`` see different inputs, so there is no
-single ``A``; the out-projection keeps its factors), unbatched or nested inputs.
+(static, :func:`supports`); and per call: unbatched or nested inputs, a grouping other
+than the first call's.
 """
 
 from __future__ import annotations
