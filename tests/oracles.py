@@ -230,33 +230,40 @@ class _Recorder:
         return output + eps
 
 
-def reference_self_attention(mha: nn.MultiheadAttention, x, key_padding_mask=None, attn_mask=None, eps_in=None, eps_out=None):
-    """Self-attention of batch-first ``x`` ``(N, L, E)`` from its definition, one head at a
-    time: ``P = x W_inᵀ + b_in (+ eps_in)`` ``(N, L, 3E)``, ``q, k, v = P[:E], P[E:2E], P[2E:]``,
-    head ``h``: ``softmax(q_h k_hᵀ / √D + mask) v_h``; ``o`` = the heads side by side;
-    ``out = o W_outᵀ + b_out (+ eps_out)``. Masks: bool True (or -inf) = not attended; a
-    ``key_padding_mask`` ``(N, L)``, an ``attn_mask`` ``(L, L)`` or ``(N·H, L, L)``.
+def reference_attention(mha: nn.MultiheadAttention, xq, xk, xv, key_padding_mask=None, attn_mask=None, eps=None, eps_out=None):
+    """Attention of batch-first ``xq`` ``(N, L, E)`` over ``xk``, ``xv`` ``(N, S, E)`` from its
+    definition, one head at a time: ``q = xq W_qᵀ + b_q (+ eps[0])``, ``k = xk W_kᵀ + b_k
+    (+ eps[1])``, ``v = xv W_vᵀ + b_v (+ eps[2])`` with ``W_q, W_k, W_v`` the row blocks of
+    ``in_proj_weight``; head ``h``: ``softmax(q_h k_hᵀ / √D + mask) v_h``; ``o`` = the heads
+    side by side; ``out = o W_outᵀ + b_out (+ eps_out)``. Masks: bool True (or -inf) = not
+    attended; a ``key_padding_mask`` ``(N, S)``, an ``attn_mask`` ``(L, S)`` or ``(N·H, L, S)``.
     Returns ``(out, o)``, both ``(N, L, E)``."""
-    N, L, E = x.shape
+    N, L, E = xq.shape
+    S = xk.shape[1]
     H = mha.num_heads
     D = E // H
-    P = x @ mha.in_proj_weight.T
-    if mha.in_proj_bias is not None:
-        P = P + mha.in_proj_bias
-    if eps_in is not None:
-        P = P + eps_in
+    W = mha.in_proj_weight
+    b = mha.in_proj_bias
+    proj = []
+    for j, x in enumerate((xq, xk, xv)):
+        P = x @ W[j * E:(j + 1) * E].T
+        if b is not None:
+            P = P + b[j * E:(j + 1) * E]
+        if eps is not None and eps[j] is not None:
+            P = P + eps[j]
+        proj.append(P)
 
     def additive(m):
-        return torch.zeros(m.shape, dtype=x.dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m
+        return torch.zeros(m.shape, dtype=xq.dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m
 
-    bias = torch.zeros(N, H, L, L, dtype=x.dtype)
+    bias = torch.zeros(N, H, L, S, dtype=xq.dtype)
     if attn_mask is not None:
-        bias = bias + (additive(attn_mask) if attn_mask.dim() == 2 else additive(attn_mask).reshape(N, H, L, L))
+        bias = bias + (additive(attn_mask) if attn_mask.dim() == 2 else additive(attn_mask).reshape(N, H, L, S))
     if key_padding_mask is not None:
         bias = bias + additive(key_padding_mask)[:, None, None, :]
     heads = []
     for h in range(H):
-        q, k, v = (P[..., j * E + h * D: j * E + (h + 1) * D] for j in range(3))
+        q, k, v = (P[..., h * D:(h + 1) * D] for P in proj)
         heads.append(torch.softmax(q @ k.transpose(1, 2) / D ** 0.5 + bias[:, h], dim=-1) @ v)
     o = torch.cat(heads, dim=-1)
     out = o @ mha.out_proj.weight.T
@@ -265,6 +272,14 @@ def reference_self_attention(mha: nn.MultiheadAttention, x, key_padding_mask=Non
     if eps_out is not None:
         out = out + eps_out
     return out, o
+
+
+def reference_self_attention(mha: nn.MultiheadAttention, x, key_padding_mask=None, attn_mask=None, eps_in=None, eps_out=None):
+    """:func:`reference_attention` of ``x`` over itself; ``eps_in`` ``(N, L, 3E)`` perturbs the
+    packed projection ``P = x W_inᵀ + b_in`` (``q, k, v = P[:E], P[E:2E], P[2E:]``)."""
+    E = x.shape[-1]
+    eps = None if eps_in is None else tuple(eps_in[..., j * E:(j + 1) * E] for j in range(3))
+    return reference_attention(mha, x, x, x, key_padding_mask, attn_mask, eps, eps_out)
 
 
 class _AttentionRecorder:
@@ -505,3 +520,68 @@ def mc_categorical_error_budget(model, batches, stat):
             n_total += 1
     mean = sum(means) / n_total
     return mean, float(var_sum) / n_total**2
+
+
+# =========================================================================== cross-attention
+
+
+def grouped_attention_factors(model, batches, module_name, groups, mode="expand", fisher="exact"):
+    """Brute-force per-group KFAC factors of an ``nn.MultiheadAttention``'s in-projection,
+    from :func:`reference_attention` (no rule code): ``groups`` is the expected grouping of
+    the q/k/v blocks (tuples of block indices 0 q, 1 k, 2 v; each group sees the tensor of
+    its first block). Group ``g``'s tokens: its input's positions, those masked by
+    ``key_padding_mask`` excluded when ``g`` holds k or v; ``g_s`` = the gradient w.r.t. the
+    group's blocks' projections at token ``s``, side by side. One call per forward pass.
+    Returns ``[(A_g, G_g)]`` (``A_g`` with the homogeneous coordinate if the bias is trainable)."""
+    mha = model.get_submodule(module_name)
+    E = mha.embed_dim
+    bias = mha.in_proj_bias is not None and mha.in_proj_bias.requires_grad
+    sums = [[0, 0, 0] for _ in groups]  # A sum, G sum, positions
+    n_examples = 0
+    for inputs, targets in batches:
+        seen = {}
+
+        def hook(module, args, kwargs, output):
+            names = ("query", "key", "value")
+            q, k, v = (list(args) + [kwargs.get(n) for n in names][len(args):])[:3]
+            xs = [t if module.batch_first else t.transpose(0, 1) for t in (q, k, v)]
+            eps = [torch.zeros(*x.shape[:2], E, dtype=x.dtype, requires_grad=True) for x in xs]
+            kpm = kwargs.get("key_padding_mask")
+            out, _ = reference_attention(module, *xs, key_padding_mask=kpm, attn_mask=kwargs.get("attn_mask"), eps=eps)
+            stock = output[0] if module.batch_first else output[0].transpose(0, 1)
+            torch.testing.assert_close(out.detach(), stock.detach(), rtol=1e-10, atol=1e-12)
+            real = None if kpm is None else ~(kpm if kpm.dtype == torch.bool else torch.isneginf(kpm))
+            seen.update(xs=[x.detach() for x in xs], eps=eps, real=real)
+            return (out if module.batch_first else out.transpose(0, 1)), output[1]
+
+        handle = mha.register_forward_hook(hook, with_kwargs=True)
+        try:
+            logits = model(inputs)
+        finally:
+            handle.remove()
+        flat = logits.reshape(-1)
+        jac = [torch.zeros(flat.numel(), *e.shape, dtype=e.dtype) for e in seen["eps"]]
+        for i in range(flat.numel()):
+            for j, g in enumerate(torch.autograd.grad(flat[i], seen["eps"], retain_graph=True)):
+                jac[j][i] = g
+        jac = [t.reshape(*logits.shape, *t.shape[1:]) for t in jac]  # (B, C, N, T, E)
+        for n in range(logits.shape[0]):
+            V, w = _vectors(logits[n], targets[n], fisher, "categorical")  # (K, C)
+            for gi, blocks in enumerate(groups):
+                x = seen["xs"][blocks[0]][n]  # (T, E)
+                valid = torch.ones(x.shape[0], dtype=torch.bool)
+                if seen["real"] is not None and any(j > 0 for j in blocks):
+                    valid = seen["real"][n]
+                a = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], -1) if bias else x
+                a = a[valid]
+                g = torch.cat([torch.einsum("kc,cte->kte", V, jac[j][n, :, n]) for j in blocks], -1)[:, valid]
+                if mode == "expand":
+                    sums[gi][0] = sums[gi][0] + a.T @ a
+                    sums[gi][1] = sums[gi][1] + torch.einsum("k,ksi,ksj->ij", w, g, g)
+                    sums[gi][2] += a.shape[0]
+                else:
+                    abar, ghat = a.mean(0), g.sum(1)
+                    sums[gi][0] = sums[gi][0] + torch.outer(abar, abar)
+                    sums[gi][1] = sums[gi][1] + torch.einsum("k,ki,kj->ij", w, ghat, ghat)
+            n_examples += 1
+    return [(A / (count if mode == "expand" else n_examples), G / n_examples) for A, G, count in sums]

@@ -4,6 +4,10 @@ An :class:`Accumulator` holds the unnormalised sums of one estimate: per Kroneck
 layer the input statistic (:meth:`LayerFactors.input_moment`, or the ``reduce`` sums)
 and ``Σ w_v g gᵀ``; per parameter ``Σ w_v (per-example gradient)²``. :meth:`finish`
 divides by the example (or position) counts; the formulas are those of :mod:`.estimate`.
+
+A call with ``stream > 0`` (one of several inputs of one call, see
+``LayerRule.combine_streams``) is summed under the key ``(module, stream)`` instead of
+the module's name, normalised on its own, and handed to the rule's ``combine_streams``.
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ def symmetrized(m: Tensor, scale: float, tile: int = 256) -> Tensor:
     return m
 
 
+def stream_key(call) -> object:
+    """The key of a call's sums: the module's name, or ``(name, stream)`` for ``stream > 0``."""
+    return call.name if call.stream == 0 else (call.name, call.stream)
+
+
 class Accumulator:
     """Unnormalised sums of one estimate (see the module docstring)."""
 
@@ -89,6 +98,11 @@ class Accumulator:
         self.positions = defaultdict(float)
         self.diag = {n: torch.zeros(p.shape, dtype=dtype, device=device) for n, p in plan.params.items()}
 
+    def factor_keys(self, mname: str) -> list:
+        """The keys of module ``mname``'s sums: ``[mname]``, or its ``(mname, stream)`` keys."""
+        streams = sorted({k for k in (*self.A, *self.G) if isinstance(k, tuple) and k[0] == mname})
+        return streams or [mname]
+
     def _sharing(self, rule) -> str:
         return WeightSharing.EXPAND if rule.factors.expand_only else self.weight_sharing
 
@@ -97,7 +111,7 @@ class Accumulator:
         plan, acc_dtype = self.plan, self.dtype
         reduce_sums: dict[str, tuple[Tensor, Tensor]] = {}
         for p in prepared:
-            name = p.call.name
+            name, key = p.call.name, stream_key(p.call)
             if name not in plan.kronecker:
                 continue
             valid = p.mask if p.mask is not None else torch.ones(p.a.shape[:2], dtype=torch.bool, device=p.a.device)
@@ -107,8 +121,8 @@ class Accumulator:
             has_bias = plan.kronecker[name][1] is not None
             if self._sharing(p.rule) == WeightSharing.EXPAND:
                 moment = p.rule.factors.input_moment(a, valid, has_bias, acc_dtype, tuple(p.rule.weight_of(p.call.module).shape))
-                self.A[name] = self.A.get(name, 0) + mult * moment
-                self.positions[name] += mult * float(valid.sum())
+                self.A[key] = self.A.get(key, 0) + mult * moment
+                self.positions[key] += mult * float(valid.sum())
                 continue
             # reduce: masked sum over positions (a batched matvec, no masked copy of the
             # inputs); the homogeneous coordinate's sum is the number of valid positions
@@ -119,8 +133,8 @@ class Accumulator:
                 s = torch.cat([s, c.unsqueeze(-1)], dim=-1)
             if s.shape[0] == 1 and batch_size > 1:
                 s, c = s.expand(batch_size, -1), c.expand(batch_size)
-            old = reduce_sums.get(name)
-            reduce_sums[name] = (s, c) if old is None else (old[0] + s, old[1] + c)
+            old = reduce_sums.get(key)
+            reduce_sums[key] = (s, c) if old is None else (old[0] + s, old[1] + c)
         for name, (s, c) in reduce_sums.items():
             abar = s / c.clamp(min=1).unsqueeze(-1)
             if name in self.A:
@@ -153,17 +167,17 @@ class Accumulator:
             grad = grads[id(p)]
             if grad is None:
                 continue
-            name = p.call.name
+            name, key = p.call.name, stream_key(p.call)
             g = p.output_grads(grad)
             if name in plan.kronecker:
                 ga = g.to(acc_dtype)
                 if self._sharing(p.rule) == WeightSharing.EXPAND:
                     mask = p.mask if p.mask is None or p.mask.shape[0] == ga.shape[0] else p.mask.expand(ga.shape[0], -1)
                     gv = (ga[mask] if mask is not None else ga).reshape(-1, ga.shape[-1])  # valid positions
-                    self.G[name] = self.G.get(name, 0) + w * (gv.T @ gv)
+                    self.G[key] = self.G.get(key, 0) + w * (gv.T @ gv)
                 else:
                     s = ga.sum(1) if p.mask is None else torch.einsum("bp,bpo->bo", p.mask.to(acc_dtype), ga)
-                    ghat[name] = ghat[name] + s if name in ghat else s
+                    ghat[key] = ghat[key] + s if key in ghat else s
             if name in plan.hook_diag:
                 pairs = plan.hook_diag[name]
                 if p.rule.squared_grads is not None and all(single[pname] for _, pname in pairs):
@@ -213,6 +227,21 @@ class Accumulator:
         for n, g in pe.items():
             self.diag[n] += w * g.to(self.dtype).square().sum(0)
 
+    def _combined(self, rule, module: nn.Module, keys: list, expand: bool, num_examples: int, wname, bname) -> LayerFactors:
+        """The factors of a module recorded in several streams: each stream's ``(A, G)``
+        normalised as a single-stream layer's (2-D ``A``), combined by the rule."""
+        parts = {}
+        weight = rule.weight_of(module)
+        for key in keys:
+            a_mat, g_mat = self.A.get(key), self.G.get(key)
+            if a_mat is None or g_mat is None:  # never reached the outputs: zero curvature
+                a_shape, g_shape = rule.factors.shapes(tuple(weight.shape), bname is not None)
+                g_mat = torch.zeros(g_shape, dtype=self.dtype, device=weight.device)
+                a_mat = torch.zeros(a_shape, dtype=self.dtype, device=weight.device) if a_mat is None else a_mat
+            norm_A = self.positions[key] if expand else num_examples
+            parts[key[1]] = (symmetrized(a_mat, 0.5 / max(norm_A, 1)), symmetrized(g_mat, 0.5 / num_examples))
+        return rule.combine_streams(module, parts, wname, bname)
+
     def finish(self, num_examples: int, modules: dict[str, nn.Module]) -> tuple[dict[str, LayerFactors], dict[str, Tensor]]:
         """Normalised factors ``{module: LayerFactors}`` and diagonals ``{parameter: Tensor}``."""
         plan = self.plan
@@ -222,6 +251,10 @@ class Accumulator:
             rule = rule_for(module)
             rule_factors = rule.factors
             expand = rule_factors.expand_only or self.weight_sharing == WeightSharing.EXPAND
+            keys = self.factor_keys(mname)
+            if keys != [mname]:  # several input streams (see LayerRule.combine_streams)
+                factors[mname] = self._combined(rule, module, keys, expand, num_examples, wname, bname)
+                continue
             norm_A = self.positions[mname] if expand else num_examples
             a_mat, g_mat = self.A.get(mname), self.G.get(mname)
             if a_mat is None or g_mat is None:  # never reached the outputs: zero curvature

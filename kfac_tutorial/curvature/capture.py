@@ -48,6 +48,10 @@ class Call:
         input: the first positional input, detached; leading dimension ``rows``.
         output: the output tensor, still attached to the graph.
         mask: boolean ``(rows, T)`` padding mask (True = real token) or ``None``.
+        stream: which of the module's input streams the call feeds (0: the only one). A
+            rule whose matrix sees several inputs in one call (cross-attention's
+            in-projection) records one call per input, each with its own stream number;
+            the accumulator keeps separate factors per stream (``LayerRule.combine_streams``).
     """
 
     name: str
@@ -57,6 +61,7 @@ class Call:
     output: Tensor
     mask: Optional[Tensor]
     version: int = field(default=0)
+    stream: int = field(default=0)
 
     @property
     def rows(self) -> int:
@@ -119,7 +124,7 @@ class CallRecorder:
 
     # -- layer calls -----------------------------------------------------------------
     def _make_layer_hook(self, name: str, rule):
-        def hook(module, args, output):
+        def hook(module, args, output, stream: int = 0):
             if not self.active:
                 return None
             if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
@@ -141,7 +146,7 @@ class CallRecorder:
             self._counts[name] = index + 1
             if output.requires_grad:
                 self.calls.append(
-                    Call(name, module, index, x.detach(), output, mask, version=output._version)
+                    Call(name, module, index, x.detach(), output, mask, version=output._version, stream=stream)
                 )
             return replaced
 

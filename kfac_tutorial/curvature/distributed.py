@@ -208,16 +208,18 @@ def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int
         weight = rule.weight_of(module)
         a_shape, g_shape = rule.factors.shapes(tuple(weight.shape), bname is not None)
         device = weight.device
-        if mname not in acc.A:
-            acc.A[mname] = torch.zeros(a_shape, dtype=acc.dtype, device=device)
-        if mname not in acc.G:
-            acc.G[mname] = torch.zeros(g_shape, dtype=acc.dtype, device=device)
+        for key in acc.factor_keys(mname):  # the module's name, or its input streams' keys
+            if key not in acc.A:
+                acc.A[key] = torch.zeros(a_shape, dtype=acc.dtype, device=device)
+            if key not in acc.G:
+                acc.G[key] = torch.zeros(g_shape, dtype=acc.dtype, device=device)
 
-    # (kind, name, tensor) in one fixed order: the plan's, the same on every rank
-    items: list[tuple[str, str, Tensor]] = []
-    for mname in plan.kronecker:
-        items.append(("A", mname, acc.A[mname]))
-        items.append(("G", mname, acc.G[mname]))
+    # (kind, key, tensor) in one fixed order: the plan's, the same on every rank
+    items: list[tuple[str, object, Tensor]] = []
+    keys = [key for mname in plan.kronecker for key in acc.factor_keys(mname)]
+    for key in keys:
+        items.append(("A", key, acc.A[key]))
+        items.append(("G", key, acc.G[key]))
     in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
     items.extend(("diag", n, d) for n, d in acc.diag.items() if n not in in_kron)  # finish drops the others
     _check_same_structure([(k, n, tuple(t.shape), str(t.dtype)) for k, n, t in items], group, num_examples)
@@ -241,7 +243,7 @@ def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int
             acc.diag[name] = value
 
     # example and position counts, exact in float64 up to 2⁵³
-    names = list(plan.kronecker)
+    names = keys
     device = next(iter(acc.diag.values())).device if acc.diag else torch.device("cpu")
     counts = torch.tensor([float(num_examples)] + [float(acc.positions[n]) for n in names],
                           dtype=torch.float64, device=device)

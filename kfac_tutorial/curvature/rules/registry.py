@@ -25,6 +25,12 @@ the weight-sharing dimensions (tokens, conv positions) flattened into one axis `
   matrix functionally inside a larger forward (``nn.MultiheadAttention``) attaches
   differently: while recorded it computes through an equivalent path that hands the
   matrix's call to ``site.record`` (see :class:`CallSite`).
+* ``combine_streams`` (optional): for a rule whose matrix sees several inputs in one call
+  (cross-attention's in-projection: queries and memory), ``attach`` records one call per
+  input with ``site.record(..., stream=s)``, ``s > 0``; each stream gets its own factors
+  ``(A_s, G_s)`` (normalised as a single-stream layer's), and
+  ``combine_streams(module, {s: (A_s, G_s)}, weight, bias)`` builds the layer's
+  :class:`~kfac_tutorial.curvature.factors.LayerFactors` from them.
 
 Lookup walks ``type(module).__mro__``: ``class MyLinear(nn.Linear)`` gets the Linear
 rule. A type may be registered by its qualified name (``"transformers.pytorch_utils.
@@ -47,10 +53,11 @@ class CallSite(Protocol):
 
     active: bool  # False while the recorder is paused (then record nothing, change nothing)
 
-    def record(self, module: nn.Module, args: tuple, output: Tensor) -> Optional[Tensor]:
+    def record(self, module: nn.Module, args: tuple, output: Tensor, stream: int = 0) -> Optional[Tensor]:
         """One call: ``args[0]`` the input ``(rows, ..., d_in)``, ``output`` the matrix's
         graph-connected output. Forward-hook signature: returns a replacement output to
-        hand on (an expanded view, see :mod:`..capture`) or None."""
+        hand on (an expanded view, see :mod:`..capture`) or None. ``stream`` (> 0): one
+        of several inputs of one call, factored separately (``LayerRule.combine_streams``)."""
 
     def refuse(self, module: nn.Module, reason: str) -> None:
         """A call the rule cannot explain (its matrix's gradient gets no recorded
@@ -93,6 +100,7 @@ class LayerRule:
     weight: str = "weight"
     bias: str = "bias"
     attach: Callable[[nn.Module, CallSite], object] = forward_hook
+    combine_streams: Optional[Callable[[nn.Module, dict, str, Optional[str]], LayerFactors]] = None
 
     def weight_of(self, module: nn.Module) -> Optional[Tensor]:
         """The factored matrix of ``module`` (None if it has none)."""
