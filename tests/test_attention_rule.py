@@ -29,6 +29,7 @@ from kfac_tutorial.curvature.capture import CallRecorder
 from kfac_tutorial.curvature.estimate import DiagonalFallbackWarning
 from kfac_tutorial.curvature.rules import rule_for
 from kfac_tutorial.curvature.grouped_factors import QKVGroupFactors
+from kfac_tutorial.curvature.memory import memory_report
 from kfac_tutorial.curvature.rules.attention import attention_forward, qkv_groups
 from models import flat_delta, perturb
 from oracles import block, fisher_dense, grouped_attention_factors, kfac_factors, module_param_names
@@ -526,3 +527,7 @@ def test_stock_transformer_decoder_layer_fits_strictly_with_grouped_factors():
         torch.testing.assert_close(G, G_ref, rtol=1e-9, atol=1e-12)
     d = flat_delta(model, perturb(model, scale=0.1, seed=3))
     torch.testing.assert_close(kfac.penalty(model).detach(), 0.5 * d @ kfac.to_dense(model) @ d, rtol=1e-9, atol=1e-12)
+    row = memory_report(kfac, model).set_index("module").loc["layer.multihead_attn"]
+    assert f"G blocks {E}², {2 * E}²" in row["factors"] and "groups [q], [k, v]" in row["factors"]
+    f = kfac.factors["layer.multihead_attn"]
+    assert row["curvature_bytes"] == f.A.nbytes + f.G.nbytes  # out_proj is its own module

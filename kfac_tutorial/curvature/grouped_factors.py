@@ -126,6 +126,12 @@ class QKVGroupFactors(LayerFactors):
         """Dense only: the factors unchanged (each ``A_g``, ``G_g`` is small)."""
         return self
 
+    def describe_storage(self, field: str) -> str:
+        """For the memory report: ``A 2×65×65 (groups [q], [k, v])``, ``G blocks 64², 128²``."""
+        if field == "A":
+            return f"A {'×'.join(map(str, self.A.shape))} (groups {group_names(self.groups)})"
+        return "G blocks " + ", ".join(f"{G.shape[0]}²" for _, _, G in self.parts())
+
     def spec(self, module):
         return {**super().spec(module), "groups": list(self.groups)}
 

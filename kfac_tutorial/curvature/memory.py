@@ -47,7 +47,11 @@ def _shape(t: Tensor) -> str:
 
 
 def _describe_factor(f, field: str, t: Tensor) -> str:
-    """``A 385×385``, ``A diag(30522)``, ``G root 384×12``, ..."""
+    """``A 385×385``, ``A diag(30522)``, ``G root 384×12``, ... (a factor type with its own
+    layout describes itself: ``describe_storage(field)``)."""
+    own = getattr(f, "describe_storage", None)
+    if own is not None:
+        return own(field)
     if getattr(f, f"{field}_root", False):
         return f"{field} root {_shape(t)}"
     if t.dim() == 1:
