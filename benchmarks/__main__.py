@@ -67,7 +67,9 @@ def estimation(names, repeats, workload_kw, *, device: torch.device, skip=()):
             with only_linear(w.model, variant == "linear"):
                 params = sum(p.numel() for p in w.model.parameters() if p.requires_grad)
                 for method, runner in RUNNERS.items():
-                    if variant == "linear" and method.startswith(("nngeometry diag", "laplace diag", "backpack Diag", "ours EWC")):
+                    if variant == "linear" and method.startswith(
+                        ("nngeometry diag", "laplace diag", "backpack Diag", "ours EWC")
+                    ):
                         continue
                     if method in skip:
                         continue
@@ -75,9 +77,18 @@ def estimation(names, repeats, workload_kw, *, device: torch.device, skip=()):
                         fn = runner(w, variant)
                         res = measure(fn, repeats, device=device)
                     except Exception as err:  # import or set-up failure
-                        res = {"ok": False, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"}
-                    row = {"workload": w.name, "variant": variant, "method": method, "trainable_parameters": params,
-                           "examples": w.num_examples, **res}
+                        res = {
+                            "ok": False,
+                            "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}",
+                        }
+                    row = {
+                        "workload": w.name,
+                        "variant": variant,
+                        "method": method,
+                        "trainable_parameters": params,
+                        "examples": w.num_examples,
+                        **res,
+                    }
                     rows.append(row)
                     print(_fmt_est(row), flush=True)
         base = {r["variant"]: r for r in rows if r["workload"] == w.name and r["method"] == "plain fwd+bwd" and r["ok"]}
@@ -100,8 +111,9 @@ def _fmt_est(r):
 def training_step(repeats, examples, name="minilm", *, device: torch.device):
     w = workload(name, device=device, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
     model = w.model
-    kfac = kt.KFAC.fit(model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
-                       diagonal_modules=w.kfac_diagonal, progress=False)
+    kfac = kt.KFAC.fit(
+        model, w.batches, fisher="mc", weight_sharing=w.weight_sharing, diagonal_modules=w.kfac_diagonal, progress=False
+    )
     ewc = kt.EWC.fit(model, w.batches, fisher="mc", progress=False)
     t0 = time.perf_counter()
     low0 = kfac.low_rank(0.0)
@@ -138,17 +150,32 @@ def training_step(repeats, examples, name="minilm", *, device: torch.device):
     rows = []
     for k, t in timed.items():
         st = variants[k]
-        row = {"variant": k, "median_s": t["median_s"], "min_s": t["min_s"], "over_plain": t["over_plain"],
-               "state_bytes": st.memory_bytes() if st is not None else 0,
-               "penalty_rel_error_after_training_steps": errors.get(k), "penalty_rel_error_random_step": errors_r.get(k)}
+        row = {
+            "variant": k,
+            "median_s": t["median_s"],
+            "min_s": t["min_s"],
+            "over_plain": t["over_plain"],
+            "state_bytes": st.memory_bytes() if st is not None else 0,
+            "penalty_rel_error_after_training_steps": errors.get(k),
+            "penalty_rel_error_random_step": errors_r.get(k),
+        }
         rows.append(row)
-        print(f"step {k:<26} median {row['median_s']:.3f}s ({row['over_plain']:.2f}x)  min {row['min_s']:.3f}s"
-              f"  state {row['state_bytes']/2**20:.1f} MiB  err {row['penalty_rel_error_after_training_steps']}", flush=True)
+        print(
+            f"step {k:<26} median {row['median_s']:.3f}s ({row['over_plain']:.2f}x)  min {row['min_s']:.3f}s"
+            f"  state {row['state_bytes'] / 2**20:.1f} MiB  err {row['penalty_rel_error_after_training_steps']}",
+            flush=True,
+        )
     pbytes = sum(p.numel() * p.element_size() for p in params)
     for row in rows:
         row["state_over_parameters"] = row["state_bytes"] / pbytes
-    return {"workload": w.name, "batch_size": len(y), "fisher_examples": w.num_examples, "low_rank_seconds": t_low,
-            "parameter_bytes": pbytes, "rows": rows}
+    return {
+        "workload": w.name,
+        "batch_size": len(y),
+        "fisher_examples": w.num_examples,
+        "low_rank_seconds": t_low,
+        "parameter_bytes": pbytes,
+        "rows": rows,
+    }
 
 
 # -- 3. state bytes ---------------------------------------------------------------------
@@ -173,29 +200,48 @@ def state_bytes(kfac, model, tmpdir: Path, tag: str):
     path = tmpdir / f"{tag}.safetensors"
     kfac.save(path)
     anchor = kfac.anchor_bytes()
-    return {"parameter_bytes": pbytes, "state_bytes": kfac.memory_bytes(), "state_over_parameters": kfac.memory_bytes() / pbytes,
-            "file_bytes": path.stat().st_size, "file_curvature_over_parameters": (path.stat().st_size - anchor) / pbytes,
-            "by_kind": by_kind}
+    return {
+        "parameter_bytes": pbytes,
+        "state_bytes": kfac.memory_bytes(),
+        "state_over_parameters": kfac.memory_bytes() / pbytes,
+        "file_bytes": path.stat().st_size,
+        "file_curvature_over_parameters": (path.stat().st_size - anchor) / pbytes,
+        "by_kind": by_kind,
+    }
 
 
-def state_section(tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_names=("cnn", "minilm", "bert-base"), *,
-                  device: torch.device):
+def state_section(
+    tmpdir, quick, names=("cnn", "minilm", "bert-base"), low_rank_names=("cnn", "minilm", "bert-base"), *, device: torch.device
+):
     out = {}
     kws = {"cnn": {}, "minilm": {}, "bert-base": {"examples": 16 if quick else 32, "batch_size": 16}}
     for name in names:
         kw = kws[name]
         w = workload(name, device=device, **kw)
-        kfac = kt.KFAC.fit(w.model, w.batches, fisher="mc", weight_sharing=w.weight_sharing,
-                           diagonal_modules=tuple(m for m in w.kfac_diagonal if m in dict(w.model.named_modules())), progress=False)
-        entry = {"full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"), "ewc_state_over_parameters": 1.0,
-                 "fisher_examples": w.num_examples, "notes": w.notes}
-        for tol in ((0.0, 0.01) if name in low_rank_names else ()):
+        kfac = kt.KFAC.fit(
+            w.model,
+            w.batches,
+            fisher="mc",
+            weight_sharing=w.weight_sharing,
+            diagonal_modules=tuple(m for m in w.kfac_diagonal if m in dict(w.model.named_modules())),
+            progress=False,
+        )
+        entry = {
+            "full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"),
+            "ewc_state_over_parameters": 1.0,
+            "fisher_examples": w.num_examples,
+            "notes": w.notes,
+        }
+        for tol in (0.0, 0.01) if name in low_rank_names else ():
             entry[f"low_rank_tol={tol}"] = state_bytes(kfac.low_rank(tol), w.model, tmpdir, f"{name}-lr{tol}")
         out[w.name] = entry
         for k in [k for k in ("full", "low_rank_tol=0.0", "low_rank_tol=0.01") if k in entry]:
             e = entry[k]
-            print(f"state {w.name:<14} {k:<18} in memory {e['state_over_parameters']:.2f}x params, file {e['file_curvature_over_parameters']:.2f}x  "
-                  + "  ".join(f"{kk}: {vv['ratio']:.2f}x" for kk, vv in e["by_kind"].items()), flush=True)
+            print(
+                f"state {w.name:<14} {k:<18} in memory {e['state_over_parameters']:.2f}x params, file {e['file_curvature_over_parameters']:.2f}x  "
+                + "  ".join(f"{kk}: {vv['ratio']:.2f}x" for kk, vv in e["by_kind"].items()),
+                flush=True,
+            )
     return out
 
 
@@ -204,6 +250,7 @@ def _penalty_time(state, model, repeats, device: torch.device):
     def run():
         model.zero_grad(set_to_none=True)
         state.penalty(model).backward()
+
     return measure(run, repeats, device=device)
 
 
@@ -219,8 +266,15 @@ def growth(repeats, quick, *, device: torch.device):
         base = measure(plain_fwd_bwd(w, "all"), repeats, device=device)
         kfac = ours_kfac(w, "all")()
         pen = _penalty_time(kfac, w.model, repeats, device)
-        row = {"length": T, "fit_s": fit["median_s"], "fit_peak_mib": fit["peak_mib"], "plain_fwd_bwd_s": base["median_s"],
-               "fit_over_plain": fit["median_s"] / base["median_s"], "state_bytes": kfac.memory_bytes(), "penalty_fwd_bwd_s": pen["median_s"]}
+        row = {
+            "length": T,
+            "fit_s": fit["median_s"],
+            "fit_peak_mib": fit["peak_mib"],
+            "plain_fwd_bwd_s": base["median_s"],
+            "fit_over_plain": fit["median_s"] / base["median_s"],
+            "state_bytes": kfac.memory_bytes(),
+            "penalty_fwd_bwd_s": pen["median_s"],
+        }
         out["sequence_length"].append(row)
         print("growth length", row, flush=True)
     vocabs = (5000, 30522, 120000) if quick else (5000, 30522, 60000, 120000)
@@ -231,16 +285,27 @@ def growth(repeats, quick, *, device: torch.device):
         kfac = ours_kfac(w, "all")()
         pen = _penalty_time(kfac, w.model, repeats, device)
         pbytes = sum(p.numel() * p.element_size() for p in w.model.parameters())
-        row = {"vocab": V, "fit_s": fit["median_s"], "plain_fwd_bwd_s": base["median_s"], "fit_over_plain": fit["median_s"] / base["median_s"],
-               "state_bytes": kfac.memory_bytes(), "parameter_bytes": pbytes, "state_over_parameters": kfac.memory_bytes() / pbytes,
-               "embedding_state_bytes": sum(f.A.numel() * f.A.element_size() + f.G.numel() * f.G.element_size() for f in kfac.factors.values() if f.kind == "embedding"),
-               "penalty_fwd_bwd_s": pen["median_s"]}
+        row = {
+            "vocab": V,
+            "fit_s": fit["median_s"],
+            "plain_fwd_bwd_s": base["median_s"],
+            "fit_over_plain": fit["median_s"] / base["median_s"],
+            "state_bytes": kfac.memory_bytes(),
+            "parameter_bytes": pbytes,
+            "state_over_parameters": kfac.memory_bytes() / pbytes,
+            "embedding_state_bytes": sum(
+                f.A.numel() * f.A.element_size() + f.G.numel() * f.G.element_size()
+                for f in kfac.factors.values()
+                if f.kind == "embedding"
+            ),
+            "penalty_fwd_bwd_s": pen["median_s"],
+        }
         out["vocabulary"].append(row)
         print("growth vocab", row, flush=True)
     w = workload("minilm", device=device, examples=64)
     kfac = ours_kfac(w, "all")()
     g = torch.Generator().manual_seed(0)
-    for K in ((1, 2, 4) if quick else (1, 2, 4, 8)):
+    for K in (1, 2, 4) if quick else (1, 2, 4, 8):
         terms = []
         for _ in range(K):  # K tasks: same factors, anchors moved a little (timing and bytes only)
             anchor = {n: a + 1e-3 * torch.randn(a.shape, generator=g).to(a.device) for n, a in kfac.anchor.items()}
@@ -251,9 +316,15 @@ def growth(repeats, quick, *, device: torch.device):
             merged = merged.merge(t, gamma=1.0)
         per_task = _penalty_time(total, w.model, repeats, device)
         online = _penalty_time(merged, w.model, repeats, device)
-        row = {"tasks": K, "sum_penalty_s": per_task["median_s"], "online_penalty_s": online["median_s"],
-               "sum_state_bytes": K * kfac.memory_bytes(), "online_state_bytes": merged.memory_bytes(),
-               "sum_anchor_bytes": total.anchor_bytes(), "online_anchor_bytes": merged.anchor_bytes()}
+        row = {
+            "tasks": K,
+            "sum_penalty_s": per_task["median_s"],
+            "online_penalty_s": online["median_s"],
+            "sum_state_bytes": K * kfac.memory_bytes(),
+            "online_state_bytes": merged.memory_bytes(),
+            "sum_anchor_bytes": total.anchor_bytes(),
+            "online_anchor_bytes": merged.anchor_bytes(),
+        }
         out["tasks"].append(row)
         print("growth tasks", row, flush=True)
     return out
@@ -266,16 +337,26 @@ def main(argv=None):
     parser.add_argument("--sections", default="estimation,step,state,growth")
     parser.add_argument("--workloads", default="cnn,minilm,bert-base")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--skip-methods", default="",
-                        help="comma-separated methods to leave out of the estimation section (e.g. 'laplace diag', "
-                             "which needs >20 GB resident on the BERT workloads)")
+    parser.add_argument(
+        "--skip-methods",
+        default="",
+        help="comma-separated methods to leave out of the estimation section (e.g. 'laplace diag', "
+        "which needs >20 GB resident on the BERT workloads)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (models and data moved there)")
     parser.add_argument("--step-workloads", default="minilm", help="workloads of the training-step section")
-    parser.add_argument("--step-examples", type=int, default=None,
-                        help="Fisher examples of the step section (default 256, quick 64; the linkers have ~600)")
+    parser.add_argument(
+        "--step-examples",
+        type=int,
+        default=None,
+        help="Fisher examples of the step section (default 256, quick 64; the linkers have ~600)",
+    )
     parser.add_argument("--state-workloads", default="cnn,minilm,bert-base", help="workloads of the state section")
-    parser.add_argument("--low-rank-workloads", default="cnn,minilm,bert-base",
-                        help="state-section workloads that also get low_rank(0) and low_rank(0.01) (eigh: slow for BERT-base)")
+    parser.add_argument(
+        "--low-rank-workloads",
+        default="cnn,minilm,bert-base",
+        help="state-section workloads that also get low_rank(0) and low_rank(0.01) (eigh: slow for BERT-base)",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     sections = args.sections.split(",")
@@ -283,20 +364,32 @@ def main(argv=None):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
     device = torch.device(args.device)
-    result.update({"machine": machine(device), "versions": versions(), "repeats": repeats, "quick": args.quick,
-                   "date": time.strftime("%Y-%m-%d")})
+    result.update(
+        {
+            "machine": machine(device),
+            "versions": versions(),
+            "repeats": repeats,
+            "quick": args.quick,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    )
     torch.manual_seed(0)
-    wkw = {"minilm": {"examples": 64 if args.quick else 128},
-           "cnn": {"examples": 64 if args.quick else 256},
-           "bert-base": {"examples": 16 if args.quick else 32, "batch_size": 16}}
+    wkw = {
+        "minilm": {"examples": 64 if args.quick else 128},
+        "cnn": {"examples": 64 if args.quick else 256},
+        "bert-base": {"examples": 16 if args.quick else 32, "batch_size": 16},
+    }
     if "estimation" in sections:
-        result["estimation"] = estimation(args.workloads.split(","), repeats, wkw, device=device,
-                                          skip=tuple(filter(None, args.skip_methods.split(","))))
+        result["estimation"] = estimation(
+            args.workloads.split(","), repeats, wkw, device=device, skip=tuple(filter(None, args.skip_methods.split(",")))
+        )
         out_path.write_text(json.dumps(result, indent=1))
     if "step" in sections:
         n_fisher = args.step_examples or (64 if args.quick else 256)
-        steps = {name: training_step(max(repeats, 5) if not args.quick else 3, n_fisher, name, device=device)
-                 for name in args.step_workloads.split(",")}
+        steps = {
+            name: training_step(max(repeats, 5) if not args.quick else 3, n_fisher, name, device=device)
+            for name in args.step_workloads.split(",")
+        }
         if "minilm" in steps:
             result["step"] = steps.pop("minilm")
         for name, entry in steps.items():
@@ -306,8 +399,12 @@ def main(argv=None):
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            result["state"] = {**result.get("state", {}), **state_section(
-                Path(tmp), args.quick, args.state_workloads.split(","), args.low_rank_workloads.split(","), device=device)}
+            result["state"] = {
+                **result.get("state", {}),
+                **state_section(
+                    Path(tmp), args.quick, args.state_workloads.split(","), args.low_rank_workloads.split(","), device=device
+                ),
+            }
         out_path.write_text(json.dumps(result, indent=1))
     if "growth" in sections:
         result["growth"] = growth(repeats, args.quick, device=device)

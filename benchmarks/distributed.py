@@ -71,7 +71,7 @@ def data(examples: int, batch_size: int = 16, length: int = 24, vocab: int = 200
         n = min(batch_size, examples - start)
         ids = torch.randint(5, vocab, (n, length), generator=g)
         mask = torch.ones(n, length, dtype=torch.long)
-        mask[: n // 2, length * 3 // 4:] = 0
+        mask[: n // 2, length * 3 // 4 :] = 0
         out.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (n,), generator=g)))
     return out
 
@@ -146,13 +146,18 @@ def time_section(examples: int, rounds: int) -> dict:
     import kfac_tutorial as kt
 
     model, batches = build("small"), data(examples)
-    out = {"model": "BERT 2 layers, hidden 128, vocabulary 2000, CLS head over 20 classes (random weights)",
-           "examples": examples, "batch_size": 16, "tokens": 24, "fisher": "mc", "rounds": rounds}
+    out = {
+        "model": "BERT 2 layers, hidden 128, vocabulary 2000, CLS head over 20 classes (random weights)",
+        "examples": examples,
+        "batch_size": 16,
+        "tokens": 24,
+        "fisher": "mc",
+        "rounds": rounds,
+    }
     for threads in (1, 2):
         torch.set_num_threads(threads)
         _fit_seconds(model, batches)  # warm-up
-        out[f"one_process_{threads}_threads_seconds"] = statistics.median(
-            _fit_seconds(model, batches)[0] for _ in range(rounds))
+        out[f"one_process_{threads}_threads_seconds"] = statistics.median(_fit_seconds(model, batches)[0] for _ in range(rounds))
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(str(Path(tmp) / "init"), examples, rounds, tmp), nprocs=2, join=True)
@@ -165,9 +170,15 @@ def time_section(examples: int, rounds: int) -> dict:
 
 
 def machine() -> dict:
-    return {"machine": platform.node(), "processor": platform.processor() or _cpu_name(), "cores": os.cpu_count(),
-            "load_average_1_5_15": list(os.getloadavg()), "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "machine": platform.node(),
+        "processor": platform.processor() or _cpu_name(),
+        "cores": os.cpu_count(),
+        "load_average_1_5_15": list(os.getloadavg()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def _cpu_name() -> str:

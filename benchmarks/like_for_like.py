@@ -28,10 +28,20 @@ def main(examples: int = 32, repeats: int = 2, out: str | None = None) -> dict:
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     name = os.environ.get("BENCH_WORKLOAD", "minilm")
     w = workload(name, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
-    res = {"threads": torch.get_num_threads(), "workload": w.name, "variant": "linear", "examples": examples, "versions": versions(), "runs_s": {}}
+    res = {
+        "threads": torch.get_num_threads(),
+        "workload": w.name,
+        "variant": "linear",
+        "examples": examples,
+        "versions": versions(),
+        "runs_s": {},
+    }
     with only_linear(w.model, True):
-        fns = {"plain fwd+bwd": plain_fwd_bwd(w, "linear"), "ours KFAC": ours_kfac(w, "linear"),
-               "curvlinops KFAC": curvlinops_kfac(w, "linear")}
+        fns = {
+            "plain fwd+bwd": plain_fwd_bwd(w, "linear"),
+            "ours KFAC": ours_kfac(w, "linear"),
+            "curvlinops KFAC": curvlinops_kfac(w, "linear"),
+        }
         times = {k: [] for k in fns}
         for _ in range(repeats):
             for k, f in fns.items():
@@ -41,9 +51,14 @@ def main(examples: int = 32, repeats: int = 2, out: str | None = None) -> dict:
                 print(k, f"{times[k][-1]:.2f}s", flush=True)
     res["runs_s"] = times
     for k, v in times.items():
-        res[k] = {"median_s": statistics.median(v), "min_s": min(v),
-                  "over_plain_pairs_median": statistics.median(a / b for a, b in zip(v, times["plain fwd+bwd"]))}
-    res["ours_over_curvlinops_pairs_median"] = statistics.median(a / b for a, b in zip(times["ours KFAC"], times["curvlinops KFAC"]))
+        res[k] = {
+            "median_s": statistics.median(v),
+            "min_s": min(v),
+            "over_plain_pairs_median": statistics.median(a / b for a, b in zip(v, times["plain fwd+bwd"])),
+        }
+    res["ours_over_curvlinops_pairs_median"] = statistics.median(
+        a / b for a, b in zip(times["ours KFAC"], times["curvlinops KFAC"])
+    )
     res["ours_over_curvlinops_min"] = min(times["ours KFAC"]) / min(times["curvlinops KFAC"])
     print(json.dumps({k: v for k, v in res.items() if k != "versions"}, indent=1))
     if out:

@@ -68,7 +68,7 @@ def measure(fn, repeats: int = 3, device: str = "cpu") -> dict:
     seconds, peaks = [], []
     for _ in range(repeats):
         try:
-            with (PeakCUDA() if cuda else PeakRSS()) as mem:
+            with PeakCUDA() if cuda else PeakRSS() as mem:
                 t0 = time.perf_counter()
                 out = fn()
                 if cuda:
@@ -78,8 +78,16 @@ def measure(fn, repeats: int = 3, device: str = "cpu") -> dict:
             del out
         except Exception as err:  # a peer that cannot run the model: that is a result
             msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-            return {"ok": False, "error": f"{type(err).__name__}: {msg}",
-                    "where": traceback.extract_tb(err.__traceback__)[-1].filename.split("site-packages/")[-1]}
+            return {
+                "ok": False,
+                "error": f"{type(err).__name__}: {msg}",
+                "where": traceback.extract_tb(err.__traceback__)[-1].filename.split("site-packages/")[-1],
+            }
         gc.collect()
-    return {"ok": True, "median_s": statistics.median(seconds), "min_s": min(seconds), "runs_s": seconds,
-            "peak_mib": max(peaks) / 2**20}
+    return {
+        "ok": True,
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "runs_s": seconds,
+        "peak_mib": max(peaks) / 2**20,
+    }

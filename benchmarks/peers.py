@@ -66,8 +66,15 @@ def _trainable(model):
 # -- ours -------------------------------------------------------------------------------
 def ours_kfac(w, variant):
     diag = w.kfac_diagonal if variant == "all" else ()
-    return lambda: kt.KFAC.fit(w.model, w.batches, fisher="mc", mc_samples=1, weight_sharing=w.weight_sharing,
-                               diagonal_modules=tuple(m for m in diag if m in dict(w.model.named_modules())), progress=False)
+    return lambda: kt.KFAC.fit(
+        w.model,
+        w.batches,
+        fisher="mc",
+        mc_samples=1,
+        weight_sharing=w.weight_sharing,
+        diagonal_modules=tuple(m for m in diag if m in dict(w.model.named_modules())),
+        progress=False,
+    )
 
 
 def ours_ewc(w, variant):
@@ -91,10 +98,20 @@ def curvlinops_kfac(w, variant):
     approx = "reduce" if w.weight_sharing == "reduce" else "expand"
 
     def run():
-        op = KFACLinearOperator(model, nn.CrossEntropyLoss(), _trainable(model), data, fisher_type="mc", mc_samples=1,
-                                kfac_approx=approx, check_deterministic=False, progressbar=False)
+        op = KFACLinearOperator(
+            model,
+            nn.CrossEntropyLoss(),
+            _trainable(model),
+            data,
+            fisher_type="mc",
+            mc_samples=1,
+            kfac_approx=approx,
+            check_deterministic=False,
+            progressbar=False,
+        )
         op.compute_kronecker_factors()
         return op
+
     return run
 
 
@@ -108,13 +125,23 @@ def _nngeometry(representation):
         data = w.tensor_batches()
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(torch.cat([x for x, _ in _pad(data)]), torch.cat([y for _, y in data])),
-            batch_size=len(data[0][1]))
+            batch_size=len(data[0][1]),
+        )
 
         def run():
             lc = LayerCollection.from_model(model)
-            return FIM(model=model, loader=loader, representation=getattr(nobj, representation), n_output=w.num_classes,
-                       variant="classif_logits", device=str(w.device), layer_collection=lc)
+            return FIM(
+                model=model,
+                loader=loader,
+                representation=getattr(nobj, representation),
+                n_output=w.num_classes,
+                variant="classif_logits",
+                device=str(w.device),
+                layer_collection=lc,
+            )
+
         return run
+
     return runner
 
 
@@ -139,7 +166,9 @@ def _backpack(extension):
                 with backpack(getattr(E, extension)()):
                     loss.backward()
             return [getattr(p, extension.lower().replace("diagggnmc", "diag_ggn_mc"), None) for p in model.parameters()]
+
         return run
+
     return runner
 
 
@@ -152,14 +181,23 @@ def _laplace(structure):
         data = _pad(w.tensor_batches())
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])),
-            batch_size=len(data[0][1]))
+            batch_size=len(data[0][1]),
+        )
 
         def run():
-            la = Laplace(model, "classification", subset_of_weights="all", hessian_structure=structure,
-                         backend=CurvlinopsGGN, backend_kwargs={"stochastic": True})
+            la = Laplace(
+                model,
+                "classification",
+                subset_of_weights="all",
+                hessian_structure=structure,
+                backend=CurvlinopsGGN,
+                backend_kwargs={"stochastic": True},
+            )
             la.fit(loader, progress_bar=False)
             return la
+
         return run
+
     return runner
 
 

@@ -19,8 +19,11 @@ def plot_benchmarks(results: dict, path=None):
     training step over a plain step, state bytes over parameter bytes, growth."""
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     axes = axes.ravel()
-    est = [dict(r, method=r["method"] + (" [linear]" if r.get("variant") == "linear" else ""))
-           for r in results.get("estimation", []) if r.get("method") != "_notes"]
+    est = [
+        dict(r, method=r["method"] + (" [linear]" if r.get("variant") == "linear" else ""))
+        for r in results.get("estimation", [])
+        if r.get("method") != "_notes"
+    ]
     ax = axes[0]
     workloads = list(dict.fromkeys(r["workload"] for r in est))
     methods = list(dict.fromkeys(r["method"] for r in est))
@@ -32,8 +35,14 @@ def plot_benchmarks(results: dict, path=None):
                 continue
             y = j + (i - (len(workloads) - 1) / 2) * width
             if r["ok"]:
-                ax.barh(y, r.get("over_plain_fwd_bwd", float("nan")), height=width, color=f"C{i}",
-                        hatch="//" if "[linear]" in m else None, label=wl if j == 0 else None)
+                ax.barh(
+                    y,
+                    r.get("over_plain_fwd_bwd", float("nan")),
+                    height=width,
+                    color=f"C{i}",
+                    hatch="//" if "[linear]" in m else None,
+                    label=wl if j == 0 else None,
+                )
             else:
                 ax.text(0.05, y, "✗ failed", va="center", fontsize=7, color=f"C{i}")
     ax.set_yticks(range(len(methods)), methods, fontsize=8)
@@ -54,11 +63,19 @@ def plot_benchmarks(results: dict, path=None):
     ax = axes[2]
     st = results.get("state", {})
     names = list(st)
-    for k, (key, lab) in enumerate((("full", "in memory"), ("file", "file (packed)"), ("low_rank_tol=0.01", "low-rank tol 0.01"))):
+    for k, (key, lab) in enumerate(
+        (("full", "in memory"), ("file", "file (packed)"), ("low_rank_tol=0.01", "low-rank tol 0.01"))
+    ):
         vals = []
         for n in names:
             e = st[n]["full"] if key == "file" else st[n].get(key)
-            vals.append(float("nan") if e is None else e["file_curvature_over_parameters"] if key == "file" else e["state_over_parameters"])
+            vals.append(
+                float("nan")
+                if e is None
+                else e["file_curvature_over_parameters"]
+                if key == "file"
+                else e["state_over_parameters"]
+            )
         ax.bar([i + (k - 1) * 0.27 for i in range(len(names))], vals, width=0.27, label=lab)
     ax.axhline(1.0, color="k", lw=0.8, label="EWC (1×)")
     ax.axhline(1.5, color="r", ls="--", lw=0.8, label="target 1.5×")
@@ -73,14 +90,28 @@ def plot_benchmarks(results: dict, path=None):
         ax.plot([x["length"] for x in r], [x["fit_over_plain"] for x in r], "o-", label="fit / plain vs sequence length")
     if gr.get("vocabulary"):
         r = gr["vocabulary"]
-        ax.plot([x["vocab"] / 1000 for x in r], [x["fit_over_plain"] for x in r], "s-", label="fit / plain vs vocabulary (thousands)")
+        ax.plot(
+            [x["vocab"] / 1000 for x in r], [x["fit_over_plain"] for x in r], "s-", label="fit / plain vs vocabulary (thousands)"
+        )
     ax.set_xlabel("sequence length  |  vocabulary size / 1000")
     ax.set_ylabel("KFAC fit / plain fwd+bwd (2-layer BERT-base)")
     if gr.get("tasks"):
         ax2 = ax.twinx()
         r = gr["tasks"]
-        ax2.plot([x["tasks"] for x in r], [x["sum_state_bytes"] / 2**20 for x in r], "^--", color="C3", label="per-task sum: state MiB vs tasks")
-        ax2.plot([x["tasks"] for x in r], [x["online_state_bytes"] / 2**20 for x in r], "v--", color="C4", label="online: state MiB vs tasks")
+        ax2.plot(
+            [x["tasks"] for x in r],
+            [x["sum_state_bytes"] / 2**20 for x in r],
+            "^--",
+            color="C3",
+            label="per-task sum: state MiB vs tasks",
+        )
+        ax2.plot(
+            [x["tasks"] for x in r],
+            [x["online_state_bytes"] / 2**20 for x in r],
+            "v--",
+            color="C4",
+            label="online: state MiB vs tasks",
+        )
         ax2.set_ylabel("state MiB (MiniLM linker)")
         ax2.legend(fontsize=7, loc="lower right")
     ax.set_title("Growth")

@@ -39,15 +39,21 @@ def build(seed: int = 0, classes: int = 20, batches: int = 4, batch_size: int = 
     from transformers import BertConfig
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=1536, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        attn_implementation="eager",
+    )
     model = ClsHead(config, classes).eval()
     g = torch.Generator().manual_seed(seed)
     data = []
     for _ in range(batches):
         ids = torch.randint(1000, 30000, (batch_size, length), generator=g)
         mask = torch.ones(batch_size, length, dtype=torch.long)
-        mask[: batch_size // 2, length * 3 // 4:] = 0
+        mask[: batch_size // 2, length * 3 // 4 :] = 0
         data.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (batch_size,), generator=g)))
     return model, data
 
@@ -81,8 +87,13 @@ def main(argv=None):
             plain(model, data[:1])  # warm-up of the kernels, not of the package
             times[name].append(plain(model, data) if name == "plain" else timed_fit(getattr(kt, name), model, data))
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"package": kt.__file__, "median_s": med, "runs_s": times,
-           "ratio_KFAC": med["KFAC"] / med["plain"], "ratio_EWC": med["EWC"] / med["plain"]}
+    out = {
+        "package": kt.__file__,
+        "median_s": med,
+        "runs_s": times,
+        "ratio_KFAC": med["KFAC"] / med["plain"],
+        "ratio_EWC": med["EWC"] / med["plain"],
+    }
     print(json.dumps(out, indent=1))
 
 

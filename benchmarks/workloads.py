@@ -21,10 +21,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @dataclass
 class Workload:
     name: str
-    model: nn.Module                     # dict inputs -> (B, C) logits
-    batches: list                        # [(dict of (B, T) tensors, (B,) targets)]
-    keys: tuple                          # order of the stacked inputs
-    kfac_diagonal: tuple = ()            # modules the experiments hold diagonally
+    model: nn.Module  # dict inputs -> (B, C) logits
+    batches: list  # [(dict of (B, T) tensors, (B,) targets)]
+    keys: tuple  # order of the stacked inputs
+    kfac_diagonal: tuple = ()  # modules the experiments hold diagonally
     weight_sharing: str = "reduce"
     notes: dict = field(default_factory=dict)
 
@@ -78,9 +78,14 @@ def _task(model: str, examples: int, max_concepts: int | None = None, task: str 
     return profile, t, t.train[:examples]
 
 
-def linker_workload(model: str, examples: int = 256, batch_size: int | None = None,
-                    max_length: int | None = None, max_concepts: int | None = None,
-                    freeze_embeddings: bool | None = None) -> Workload:
+def linker_workload(
+    model: str,
+    examples: int = 256,
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    max_concepts: int | None = None,
+    freeze_embeddings: bool | None = None,
+) -> Workload:
     """The ``ci`` profile's CNN or MiniLM linker over one real vocabulary (diseases)."""
     from kfac_tutorial.experiments.harness import build_linker
     from kfac_tutorial.linkers import ConceptInventory
@@ -100,11 +105,20 @@ def linker_workload(model: str, examples: int = 256, batch_size: int | None = No
     keys = tuple(batches[0][0].keys())
     frozen = bool(profile.linker.get("freeze_embeddings", False))
     return Workload(
-        f"{model}-linker", linker.eval(), batches, keys, kfac_diagonal=tuple(profile.kfac_diagonal),
+        f"{model}-linker",
+        linker.eval(),
+        batches,
+        keys,
+        kfac_diagonal=tuple(profile.kfac_diagonal),
         weight_sharing=profile.weight_sharing,
-        notes={"concepts": len(task.concepts), "examples": len(examples_), "batch_size": batch_size or profile.batch_size,
-               "max_length": profile.max_length, "embeddings_frozen": frozen,
-               "parameters": sum(p.numel() for p in linker.parameters() if p.requires_grad)},
+        notes={
+            "concepts": len(task.concepts),
+            "examples": len(examples_),
+            "batch_size": batch_size or profile.batch_size,
+            "max_length": profile.max_length,
+            "embeddings_frozen": frozen,
+            "parameters": sum(p.numel() for p in linker.parameters() if p.requires_grad),
+        },
     )
 
 
@@ -120,14 +134,26 @@ class PooledBert(nn.Module):
 
     def forward(self, x: dict) -> torch.Tensor:
         ids, mask = x["input_ids"], x["attention_mask"]
-        h = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
-                      position_ids=torch.arange(ids.shape[1], device=ids.device).expand_as(ids)).last_hidden_state
+        h = self.bert(
+            input_ids=ids,
+            attention_mask=mask,
+            token_type_ids=torch.zeros_like(ids),
+            position_ids=torch.arange(ids.shape[1], device=ids.device).expand_as(ids),
+        ).last_hidden_state
         m = mask.unsqueeze(-1).to(h.dtype)
         return self.head((h * m).sum(1) / m.sum(1))
 
 
-def bert_base_workload(layers: int = 12, classes: int = 1000, examples: int = 32, batch_size: int = 16,
-                       length: int = 16, vocab: int = 30522, freeze_embeddings: bool = False, seed: int = 0) -> Workload:
+def bert_base_workload(
+    layers: int = 12,
+    classes: int = 1000,
+    examples: int = 32,
+    batch_size: int = 16,
+    length: int = 16,
+    vocab: int = 30522,
+    freeze_embeddings: bool = False,
+    seed: int = 0,
+) -> Workload:
     """A BERT-base-sized config (hidden 768, FFN 3072) with random weights; random tokens."""
     from transformers import BertConfig
 
@@ -144,10 +170,22 @@ def bert_base_workload(layers: int = 12, classes: int = 1000, examples: int = 32
         lengths = torch.randint(length // 2, length + 1, (b,), generator=g)
         mask[torch.arange(length)[None, :] >= lengths[:, None]] = 0
         batches.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (b,), generator=g)))
-    return Workload(f"bert-base-{layers}L", model, batches, ("input_ids", "attention_mask"),
-                    notes={"layers": layers, "classes": classes, "examples": examples, "batch_size": batch_size,
-                           "max_length": length, "vocab": vocab, "embeddings_frozen": freeze_embeddings,
-                           "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    return Workload(
+        f"bert-base-{layers}L",
+        model,
+        batches,
+        ("input_ids", "attention_mask"),
+        notes={
+            "layers": layers,
+            "classes": classes,
+            "examples": examples,
+            "batch_size": batch_size,
+            "max_length": length,
+            "vocab": vocab,
+            "embeddings_frozen": freeze_embeddings,
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        },
+    )
 
 
 def workload(name: str, device: torch.device | str = "cpu", **kw) -> Workload:

@@ -28,14 +28,21 @@ import numpy as np
 import torch
 
 __all__ = [
-    "accuracy_at_k", "average_forgetting", "final_average_accuracy", "forgetting",
-    "forgetting_at_plasticity", "forgetting_reduction", "plasticity", "split_matrix", "summarize",
-    "matched_plasticity", "sweep_tradeoff",
+    "accuracy_at_k",
+    "average_forgetting",
+    "final_average_accuracy",
+    "forgetting",
+    "forgetting_at_plasticity",
+    "forgetting_reduction",
+    "plasticity",
+    "split_matrix",
+    "summarize",
+    "matched_plasticity",
+    "sweep_tradeoff",
 ]
 
 
-def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor,
-                  ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
     """(B, C) logits and (B,) targets → {k: fraction of rows whose target is in the top k}.
 
     Ties are broken against the target (a row of equal logits is not a hit), so that
@@ -104,6 +111,7 @@ def summarize(R, R_finetune=None, kind: str = "max") -> dict:
     """Every metric of one accuracy matrix as JSON-ready floats (``None`` for nan).
 
     ``forgetting_reduction`` is included only when ``R_finetune`` is given."""
+
     def clean(x):
         return None if x is None or not np.isfinite(x) else float(x)
 
@@ -116,7 +124,8 @@ def summarize(R, R_finetune=None, kind: str = "max") -> dict:
     }
     if R_finetune is not None:
         out["forgetting_reduction"] = clean(
-            forgetting_reduction(average_forgetting(R, kind), average_forgetting(R_finetune, kind)))
+            forgetting_reduction(average_forgetting(R, kind), average_forgetting(R_finetune, kind))
+        )
     return out
 
 
@@ -141,8 +150,9 @@ def forgetting_at_plasticity(plasticity_values, forgetting_values, target: float
     return float(np.interp(target, xs, ys))
 
 
-def sweep_tradeoff(results: dict, method: str, split: str = "test",
-                   with_finetune: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sweep_tradeoff(
+    results: dict, method: str, split: str = "test", with_finetune: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(lambdas, plasticity, forgetting)`` of ``method``'s λ sweep in a results dict
     (the harness's JSON), on ``split`` (``"dev"`` or ``"test"``), sorted by λ.
 
@@ -153,8 +163,7 @@ def sweep_tradeoff(results: dict, method: str, split: str = "test",
     entry = results["methods"][method]
     if "lambda_sweep" not in entry:
         raise KeyError(f"method {method!r} has no lambda_sweep (not a consolidation method)")
-    points = [(s["lambda"], s[f"{split}_plasticity"], s[f"{split}_avg_forgetting"])
-              for s in entry["lambda_sweep"]]
+    points = [(s["lambda"], s[f"{split}_plasticity"], s[f"{split}_avg_forgetting"]) for s in entry["lambda_sweep"]]
     base = results["methods"].get("finetune")
     if with_finetune and base is not None:
         R = split_matrix(base, split)
@@ -164,8 +173,7 @@ def sweep_tradeoff(results: dict, method: str, split: str = "test",
     return arr[:, 0], arr[:, 1], arr[:, 2]
 
 
-def matched_plasticity(results: dict, methods: Sequence[str] = ("ewc", "kfac"),
-                       split: str = "test") -> list[dict]:
+def matched_plasticity(results: dict, methods: Sequence[str] = ("ewc", "kfac"), split: str = "test") -> list[dict]:
     """Compare consolidation methods at equal plasticity, read off their λ sweeps.
 
     For each method ``m`` in ``methods`` (its λ chosen on dev by the harness): the

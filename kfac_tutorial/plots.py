@@ -20,30 +20,58 @@ import seaborn as sns
 from . import metrics
 
 __all__ = [
-    "METHOD_COLORS", "METHOD_LABELS", "accuracy_heatmaps", "accuracy_over_time",
-    "accuracy_by_mention", "forgetting_bars", "growth_panels", "lambda_curves", "lambda_tradeoff", "memory_bars",
-    "ratio_bars", "set_style", "training_curve", "variant_bars",
-    "frontier_bands", "interval_bars", "forgetting_split_bars", "final_accuracy_over_lambda",
+    "METHOD_COLORS",
+    "METHOD_LABELS",
+    "accuracy_heatmaps",
+    "accuracy_over_time",
+    "accuracy_by_mention",
+    "forgetting_bars",
+    "growth_panels",
+    "lambda_curves",
+    "lambda_tradeoff",
+    "memory_bars",
+    "ratio_bars",
+    "set_style",
+    "training_curve",
+    "variant_bars",
+    "frontier_bands",
+    "interval_bars",
+    "forgetting_split_bars",
+    "final_accuracy_over_lambda",
 ]
 
 METHOD_LABELS = {
-    "finetune": "Fine-tuning", "ewc": "EWC", "kfac": "KFAC", "ewc_online": "EWC (online)",
-    "kfac_online": "KFAC (online)", "l2": "L2 (isotropic)", "frozen": "Frozen encoder",
+    "finetune": "Fine-tuning",
+    "ewc": "EWC",
+    "kfac": "KFAC",
+    "ewc_online": "EWC (online)",
+    "kfac_online": "KFAC (online)",
+    "l2": "L2 (isotropic)",
+    "frozen": "Frozen encoder",
     "joint": "Joint (upper reference)",
 }
 _PALETTE = sns.color_palette("colorblind")
 METHOD_COLORS = {
-    "finetune": _PALETTE[3], "ewc": _PALETTE[0], "kfac": _PALETTE[2],
-    "ewc_online": _PALETTE[9], "kfac_online": _PALETTE[8], "l2": _PALETTE[4],
-    "frozen": _PALETTE[5], "joint": _PALETTE[7],
+    "finetune": _PALETTE[3],
+    "ewc": _PALETTE[0],
+    "kfac": _PALETTE[2],
+    "ewc_online": _PALETTE[9],
+    "kfac_online": _PALETTE[8],
+    "l2": _PALETTE[4],
+    "frozen": _PALETTE[5],
+    "joint": _PALETTE[7],
 }
 _ORDER = list(METHOD_LABELS)
 
 
 def set_style() -> None:
     """The book's figure style (called by every plot function)."""
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind",
-                  rc={"figure.dpi": 110, "axes.titleweight": "bold", "savefig.bbox": "tight"})
+    sns.set_theme(
+        context="notebook",
+        style="whitegrid",
+        palette="colorblind",
+        rc={"figure.dpi": 110, "axes.titleweight": "bold", "savefig.bbox": "tight"},
+    )
 
 
 def _label(method: str) -> str:
@@ -65,25 +93,36 @@ def _matrix(R) -> np.ndarray:
 
 
 def _suptitle(fig, results: dict, what: str) -> None:
-    fig.suptitle(f"{what} — {results.get('model', '?').upper()} linker, "
-                 f"{results.get('profile', '?')} profile, seed {results.get('seed', '?')}")
+    fig.suptitle(
+        f"{what} — {results.get('model', '?').upper()} linker, "
+        f"{results.get('profile', '?')} profile, seed {results.get('seed', '?')}"
+    )
 
 
-def accuracy_heatmaps(results: dict, methods: Sequence[str] | None = None,
-                      key: str = "accuracy_matrix", annotate: bool = True):
+def accuracy_heatmaps(results: dict, methods: Sequence[str] | None = None, key: str = "accuracy_matrix", annotate: bool = True):
     """Accuracy matrices ``R[t, k]`` side by side, one panel per method (shared 0–1 scale)."""
     set_style()
     methods = _methods(results, methods)
     tasks = results["tasks"]
     n = len(methods)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.2, 3.4), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.2, 3.4), squeeze=False, constrained_layout=True)
     for i, (ax, m) in enumerate(zip(axes[0], methods)):
         R = _matrix(results["methods"][m][key])
-        sns.heatmap(R, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=annotate, fmt=".2f",
-                    mask=np.isnan(R), cbar=i == n - 1, square=True,
-                    xticklabels=tasks, yticklabels=tasks[: R.shape[0]],
-                    cbar_kws={"label": "accuracy@1"} if i == n - 1 else None)
+        sns.heatmap(
+            R,
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+            annot=annotate,
+            fmt=".2f",
+            mask=np.isnan(R),
+            cbar=i == n - 1,
+            square=True,
+            xticklabels=tasks,
+            yticklabels=tasks[: R.shape[0]],
+            cbar_kws={"label": "accuracy@1"} if i == n - 1 else None,
+        )
         ax.set_title(_label(m))
         ax.grid(False)
         ax.set_xlabel("evaluated task k")
@@ -98,34 +137,34 @@ def forgetting_bars(results: dict, methods: Sequence[str] | None = None, kind: s
     methods = [m for m in _methods(results, methods)]
     tasks = results["tasks"]
     groups = tasks[:-1] + ["average"]
-    fig, ax = plt.subplots(figsize=(1.6 * len(groups) * max(1, len(methods)) / 2 + 2, 3.6),
-                           constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) * max(1, len(methods)) / 2 + 2, 3.6), constrained_layout=True)
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(groups))
     for j, m in enumerate(methods):
         f = metrics.forgetting(_matrix(results["methods"][m]["accuracy_matrix"]), kind)
         vals = list(f) + [float(np.mean(f)) if len(f) else np.nan]
-        bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width,
-                      label=_label(m), color=METHOD_COLORS.get(m))
+        bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width, label=_label(m), color=METHOD_COLORS.get(m))
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, groups)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("task")
     ax.set_ylabel("forgetting (accuracy points lost)")
-    ax.set_title("Forgetting: best accuracy of a task − its accuracy after the last task"
-                 if kind == "max" else "Forgetting: R[k,k] − R[T,k]", fontsize=10)
+    ax.set_title(
+        "Forgetting: best accuracy of a task − its accuracy after the last task"
+        if kind == "max"
+        else "Forgetting: R[k,k] − R[T,k]",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, frameon=True)
     return fig
 
 
-def accuracy_over_time(results: dict, methods: Sequence[str] | None = None,
-                       key: str = "accuracy_matrix"):
+def accuracy_over_time(results: dict, methods: Sequence[str] | None = None, key: str = "accuracy_matrix"):
     """One panel per task: its accuracy after each training stage, one line per method."""
     set_style()
     methods = _methods(results, methods)
     tasks = results["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.3), squeeze=False,
-                             sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.3), squeeze=False, sharey=True, constrained_layout=True)
     for k, (ax, task) in enumerate(zip(axes[0], tasks)):
         for m in methods:
             R = _matrix(results["methods"][m][key])
@@ -142,8 +181,9 @@ def accuracy_over_time(results: dict, methods: Sequence[str] | None = None,
     return fig
 
 
-def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: str = "dev",
-                    mark_plasticity: float | None = None):
+def lambda_tradeoff(
+    results: dict, methods: Sequence[str] | None = None, split: str = "dev", mark_plasticity: float | None = None
+):
     """Forgetting vs new-task accuracy (plasticity) for every λ of the sweep.
 
     ``split="dev"`` shows what λ was chosen on; ``"test"`` the same runs on test.
@@ -164,15 +204,21 @@ def lambda_tradeoff(results: dict, methods: Sequence[str] | None = None, split: 
         color = METHOD_COLORS.get(m)
         ax.plot(xs, ys, marker="o", color=color, label=_label(m))
         for s, x, y in zip(sweep, xs, ys):
-            ax.annotate(f"λ={s['lambda']:g}", (x, y), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.annotate(f"λ={s['lambda']:g}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
             if s["lambda"] == results["methods"][m]["lambda"]:
                 ax.scatter([x], [y], s=160, facecolors="none", edgecolors=color, lw=1.5)
     base = results["methods"].get("finetune")
     if base is not None:
         R = metrics.split_matrix(base, split)
-        ax.scatter([metrics.plasticity(R)], [metrics.average_forgetting(R)], marker="*", s=180,
-                   color=METHOD_COLORS["finetune"], label=_label("finetune"), zorder=3)
+        ax.scatter(
+            [metrics.plasticity(R)],
+            [metrics.average_forgetting(R)],
+            marker="*",
+            s=180,
+            color=METHOD_COLORS["finetune"],
+            label=_label("finetune"),
+            zorder=3,
+        )
     if mark_plasticity is not None and np.isfinite(mark_plasticity):
         ax.axvline(mark_plasticity, color="grey", ls=":", lw=1.2, label="matched plasticity")
     ax.set_xlabel(f"new-task accuracy (plasticity, {split})")
@@ -192,21 +238,25 @@ def lambda_curves(results: dict, methods: Sequence[str] | None = None, split: st
         raise ValueError(f"unknown split {split!r}; valid: 'dev', 'test'")
     have = [m for m in _methods(results, None) if "lambda_sweep" in results["methods"][m]]
     methods = have if methods is None else [m for m in methods if m in have]
-    panels = [("avg_forgetting", "average forgetting"), ("plasticity", "plasticity"),
-              ("final_avg_accuracy", "final average accuracy")]
+    panels = [
+        ("avg_forgetting", "average forgetting"),
+        ("plasticity", "plasticity"),
+        ("final_avg_accuracy", "final average accuracy"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), constrained_layout=True)
     base = results["methods"].get("finetune")
     if base is not None:
         R = metrics.split_matrix(base, split)
-        base_vals = {"avg_forgetting": metrics.average_forgetting(R),
-                     "plasticity": metrics.plasticity(R),
-                     "final_avg_accuracy": metrics.final_average_accuracy(R)}
+        base_vals = {
+            "avg_forgetting": metrics.average_forgetting(R),
+            "plasticity": metrics.plasticity(R),
+            "final_avg_accuracy": metrics.final_average_accuracy(R),
+        }
     for ax, (key, label) in zip(axes, panels):
         for m in methods:
             sweep = sorted(results["methods"][m]["lambda_sweep"], key=lambda s: s["lambda"])
             lams = [s["lambda"] for s in sweep]
-            vals = [np.nan if s.get(f"{split}_{key}") is None else s[f"{split}_{key}"]
-                    for s in sweep]
+            vals = [np.nan if s.get(f"{split}_{key}") is None else s[f"{split}_{key}"] for s in sweep]
             color = METHOD_COLORS.get(m)
             ax.plot(lams, vals, marker="o", color=color, label=_label(m))
             chosen = results["methods"][m]["lambda"]
@@ -214,8 +264,7 @@ def lambda_curves(results: dict, methods: Sequence[str] | None = None, split: st
                 if lam == chosen:
                     ax.scatter([lam], [v], s=140, facecolors="none", edgecolors=color, lw=1.5)
         if base is not None:
-            ax.axhline(base_vals[key], color=METHOD_COLORS["finetune"], ls="--", lw=1.2,
-                       label=_label("finetune"))
+            ax.axhline(base_vals[key], color=METHOD_COLORS["finetune"], ls="--", lw=1.2, label=_label("finetune"))
         ax.set_xscale("log")
         ax.set_xlabel("λ")
         ax.set_ylabel(f"{label} ({split})")
@@ -225,8 +274,7 @@ def lambda_curves(results: dict, methods: Sequence[str] | None = None, split: st
     return fig
 
 
-def training_curve(losses: Sequence[float], dev_accuracy: Sequence[float] | None = None,
-                   title: str = "Training on one task"):
+def training_curve(losses: Sequence[float], dev_accuracy: Sequence[float] | None = None, title: str = "Training on one task"):
     """Mean training loss per epoch (left) and, if given, dev accuracy@1 after each epoch
     (right): the learning curve of one task (``train(..., on_epoch_end=...)``)."""
     set_style()
@@ -257,16 +305,20 @@ def memory_bars(tables: dict, title: str = "Curvature memory by layer type"):
     set_style()
     n = len(tables)
     heights = [len(t) for t in tables.values()]
-    fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 0.55 * max(heights) * 3 / 2 + 1.4),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 0.55 * max(heights) * 3 / 2 + 1.4), squeeze=False, constrained_layout=True)
     colors = {"parameters": _PALETTE[7], "EWC": METHOD_COLORS["ewc"], "KFAC": METHOD_COLORS["kfac"]}
     for ax, (name, table) in zip(axes[0], tables.items()):
         y = np.arange(len(table))
         width = 0.8 / len(table.columns)
         for j, col in enumerate(table.columns):
             vals = table[col].to_numpy(dtype=float) / 2**20
-            bars = ax.barh(y + (j - (len(table.columns) - 1) / 2) * width, vals, width,
-                           label=col, color=colors.get(col, _PALETTE[j % len(_PALETTE)]))
+            bars = ax.barh(
+                y + (j - (len(table.columns) - 1) / 2) * width,
+                vals,
+                width,
+                label=col,
+                color=colors.get(col, _PALETTE[j % len(_PALETTE)]),
+            )
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         ax.set_yticks(y, list(table.index))
         ax.invert_yaxis()
@@ -278,9 +330,12 @@ def memory_bars(tables: dict, title: str = "Curvature memory by layer type"):
     return fig
 
 
-def accuracy_by_mention(table, properties: Sequence[str] = ("name similarity", "words"),
-                        similarity_bins: Sequence[float] = (0.0, 0.4, 0.6, 0.8, 1.0),
-                        title: str = "Which mentions are linked"):
+def accuracy_by_mention(
+    table,
+    properties: Sequence[str] = ("name similarity", "words"),
+    similarity_bins: Sequence[float] = (0.0, 0.4, 0.6, 0.8, 1.0),
+    title: str = "Which mentions are linked",
+):
     """Accuracy@1 against properties of the mention, one panel each, with the number of
     mentions per bar. ``table`` has one row per mention: a bool column ``correct`` and
     the ``properties``; a float column in [0, 1] (a similarity) is binned by
@@ -289,8 +344,7 @@ def accuracy_by_mention(table, properties: Sequence[str] = ("name similarity", "
 
     set_style()
     n = len(properties)
-    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.4), squeeze=False, sharey=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.4), squeeze=False, sharey=True, constrained_layout=True)
     for ax, prop in zip(axes[0], properties):
         col = table[prop]
         if pd.api.types.is_integer_dtype(col):
@@ -300,8 +354,7 @@ def accuracy_by_mention(table, properties: Sequence[str] = ("name similarity", "
             key = pd.cut(col, list(similarity_bins), include_lowest=True)
         groups = table["correct"].astype(float).groupby(key, observed=True)
         acc, count = groups.mean(), groups.size()
-        labels = [k if isinstance(k, str) else f"{max(k.left, similarity_bins[0]):g}–{k.right:g}"
-                  for k in acc.index]
+        labels = [k if isinstance(k, str) else f"{max(k.left, similarity_bins[0]):g}–{k.right:g}" for k in acc.index]
         bars = ax.bar(labels, acc.to_numpy(), color=_PALETTE[0])
         ax.bar_label(bars, labels=[f"n={c}" for c in count.to_numpy()], fontsize=7, padding=2)
         ax.set_ylim(0, 1.1)
@@ -312,22 +365,28 @@ def accuracy_by_mention(table, properties: Sequence[str] = ("name similarity", "
     return fig
 
 
-def variant_bars(table, methods: Sequence[str] | None = None,
-                 columns: Sequence[str] = ("forgetting_reduction", "plasticity", "final_avg_accuracy"),
-                 title: str = "Variants"):
+def variant_bars(
+    table,
+    methods: Sequence[str] | None = None,
+    columns: Sequence[str] = ("forgetting_reduction", "plasticity", "final_avg_accuracy"),
+    title: str = "Variants",
+):
     """One panel per metric, one group of bars per variant, one bar per method.
 
     ``table``: the ``pandas.DataFrame`` of
     :func:`kfac_tutorial.experiments.compare_variants` (columns ``variant``, ``method`` and
     the metrics); ``methods`` default: every method but fine-tuning."""
     set_style()
-    names = {"forgetting_reduction": "reduction of forgetting", "plasticity": "plasticity",
-             "final_avg_accuracy": "final average accuracy", "avg_forgetting": "average forgetting"}
+    names = {
+        "forgetting_reduction": "reduction of forgetting",
+        "plasticity": "plasticity",
+        "final_avg_accuracy": "final average accuracy",
+        "avg_forgetting": "average forgetting",
+    }
     if methods is None:
         methods = [m for m in dict.fromkeys(table["method"]) if m != "finetune"]
     variants = list(dict.fromkeys(table["variant"]))
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 0.5, 3.4),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 0.5, 3.4), squeeze=False, constrained_layout=True)
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(variants))
     for ax, col in zip(axes[0], columns):
@@ -336,8 +395,7 @@ def variant_bars(table, methods: Sequence[str] | None = None,
             for v in variants:
                 sel = table[(table["variant"] == v) & (table["method"] == m)][col]
                 vals.append(float(sel.iloc[0]) if len(sel) and sel.iloc[0] is not None else np.nan)
-            bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width,
-                          label=_label(m), color=METHOD_COLORS.get(m))
+            bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, vals, width, label=_label(m), color=METHOD_COLORS.get(m))
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
         ax.set_xticks(x, variants, rotation=20, ha="right", fontsize=8)
         ax.set_title(names.get(col, col), fontsize=10)
@@ -349,8 +407,17 @@ def variant_bars(table, methods: Sequence[str] | None = None,
     return fig
 
 
-def ratio_bars(table, label: str, value: str, group: str, *, targets: Sequence[float] = (1.0,),
-               title: str = "", xlabel: str = "", log: bool = True):
+def ratio_bars(
+    table,
+    label: str,
+    value: str,
+    group: str,
+    *,
+    targets: Sequence[float] = (1.0,),
+    title: str = "",
+    xlabel: str = "",
+    log: bool = True,
+):
     """Horizontal bars of a cost ratio (``value``) per row label (``label``), one colour
     per ``group`` (e.g. the machine), with vertical reference lines at ``targets``
     (first: solid, the others dashed). Rows whose value is missing (a library that
@@ -397,16 +464,19 @@ def growth_panels(length: dict, vocabulary: dict, tasks: dict):
         if not t.empty:
             axes[0].plot(t["length"], t["fit_over_plain"], "o-", color=_PALETTE[j], label=machine)
     axes[0].axhline(1.0, color="k", lw=0.8)
-    axes[0].set(xlabel="sequence length (word pieces)", ylabel="KFAC fit / plain fwd+bwd",
-                title="Estimation vs sequence length")
+    axes[0].set(xlabel="sequence length (word pieces)", ylabel="KFAC fit / plain fwd+bwd", title="Estimation vs sequence length")
     axes[0].set_xscale("log", base=2)
     axes[0].minorticks_off()
     axes[0].set_xticks([16, 32, 64, 128], ["16", "32", "64", "128"])
     for j, (machine, t) in enumerate(vocabulary.items()):
         if not t.empty:
             axes[1].plot(t["vocab"] / 1000, t["state_over_parameters"], "s-", color=_PALETTE[j], label=machine)
-    axes[1].set(xscale="log", xlabel="vocabulary size (thousands of word pieces)",
-                ylabel="KFAC state / parameter bytes", title="Memory vs vocabulary")
+    axes[1].set(
+        xscale="log",
+        xlabel="vocabulary size (thousands of word pieces)",
+        ylabel="KFAC state / parameter bytes",
+        title="Memory vs vocabulary",
+    )
     axes[1].axhline(1.0, color="k", lw=0.8)
     for j, (machine, t) in enumerate(tasks.items()):
         if not t.empty:
@@ -422,19 +492,24 @@ def growth_panels(length: dict, vocabulary: dict, tasks: dict):
 
 # -- several seeds: means and intervals (kfac_tutorial.statistics) ----------------------------
 
+
 def _seeds_title(results: dict) -> str:
     seeds = results.get("seeds", [results.get("seed")])
-    return (f"{results.get('model', '?').upper()} linker, {results.get('profile', '?')} profile, "
-            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    return (
+        f"{results.get('model', '?').upper()} linker, {results.get('profile', '?')} profile, "
+        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    )
 
 
-def interval_bars(results: dict, metric: str = "forgetting_reduction",
-                  methods: Sequence[str] | None = None, ax=None):
+def interval_bars(results: dict, metric: str = "forgetting_reduction", methods: Sequence[str] | None = None, ax=None):
     """Each method's mean over seeds of ``metric`` with its 95% interval (paired
     bootstrap over seeds and test mentions) as an error bar; the seeds as dots."""
     set_style()
-    methods = [m for m in _methods(results, methods) if "mean" in results["methods"][m]
-               and results["methods"][m]["mean"].get(metric) is not None]
+    methods = [
+        m
+        for m in _methods(results, methods)
+        if "mean" in results["methods"][m] and results["methods"][m]["mean"].get(metric) is not None
+    ]
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.0, 3.4), constrained_layout=True)
     fig = ax.figure
@@ -479,10 +554,17 @@ def frontier_bands(results: dict, methods: Sequence[str] | None = None, n_boot: 
         x, y = e["mean"]["plasticity"], e["mean"]["avg_forgetting"]
         (xl, xh), (yl, yh) = e["ci95"]["plasticity"], e["ci95"]["avg_forgetting"]
         marker = "o" if m in methods else ("*" if m == "finetune" else "s")
-        ax.errorbar([x], [y], xerr=[[x - xl], [xh - x]] if xl is not None else None,
-                    yerr=[[y - yl], [yh - y]] if yl is not None else None, fmt=marker,
-                    color=METHOD_COLORS.get(m), ms=9 if marker == "*" else 6, capsize=3,
-                    label=f"{_label(m)} (λ chosen on dev)" if m in methods else _label(m))
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=[[x - xl], [xh - x]] if xl is not None else None,
+            yerr=[[y - yl], [yh - y]] if yl is not None else None,
+            fmt=marker,
+            color=METHOD_COLORS.get(m),
+            ms=9 if marker == "*" else 6,
+            capsize=3,
+            label=f"{_label(m)} (λ chosen on dev)" if m in methods else _label(m),
+        )
     ax.set_xlabel("new-task accuracy (plasticity, test)")
     ax.set_ylabel("average forgetting (test)")
     ax.set_title(f"Frontiers over λ, mean and 95% band — {_seeds_title(results)}", fontsize=9)
@@ -496,18 +578,32 @@ def forgetting_split_bars(results: dict, methods: Sequence[str] | None = None):
     (the encoder's drift, and new rows that now outscore old concepts), with the 95%
     interval of each part."""
     set_style()
-    methods = [m for m in _methods(results, methods) if "mean" in results["methods"][m]
-               and results["methods"][m]["mean"].get("forgetting_encoder") is not None]
+    methods = [
+        m
+        for m in _methods(results, methods)
+        if "mean" in results["methods"][m] and results["methods"][m]["mean"].get("forgetting_encoder") is not None
+    ]
     fig, ax = plt.subplots(figsize=(6.0, 3.4), constrained_layout=True)
     x = np.arange(len(methods))
     for j, (part, hatch) in enumerate((("forgetting_encoder", ""), ("forgetting_table", "//"))):
         means = [results["methods"][m]["mean"][part] for m in methods]
         cis = [results["methods"][m]["ci95"][part] for m in methods]
-        err = np.array([[mu - (c[0] if c[0] is not None else mu), (c[1] if c[1] is not None else mu) - mu]
-                        for mu, c in zip(means, cis)]).T
-        ax.bar(x + (j - 0.5) * 0.38, means, width=0.38, yerr=err, capsize=3, hatch=hatch,
-               color=[METHOD_COLORS.get(m) for m in methods], alpha=0.8 if j == 0 else 0.45,
-               edgecolor="black", lw=0.5, label="rest: encoder (and new rows)" if j == 0 else "old concept-table rows")
+        err = np.array(
+            [[mu - (c[0] if c[0] is not None else mu), (c[1] if c[1] is not None else mu) - mu] for mu, c in zip(means, cis)]
+        ).T
+        ax.bar(
+            x + (j - 0.5) * 0.38,
+            means,
+            width=0.38,
+            yerr=err,
+            capsize=3,
+            hatch=hatch,
+            color=[METHOD_COLORS.get(m) for m in methods],
+            alpha=0.8 if j == 0 else 0.45,
+            edgecolor="black",
+            lw=0.5,
+            label="rest: encoder (and new rows)" if j == 0 else "old concept-table rows",
+        )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, [_label(m) for m in methods], rotation=20, ha="right")
     ax.set_ylabel("average forgetting (test acc@1)")
@@ -525,8 +621,7 @@ def final_accuracy_over_lambda(results: dict, methods: Sequence[str] | None = No
     set_style()
     runs = seed_runs(results)
     swept = [m for m in _methods(results, methods) if "lambda_sweep" in results["methods"][m]]
-    fig, axes = plt.subplots(1, len(swept), figsize=(3.2 * len(swept), 3.0), constrained_layout=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(swept), figsize=(3.2 * len(swept), 3.0), constrained_layout=True, squeeze=False)
     for ax, m in zip(axes[0], swept):
         color = METHOD_COLORS.get(m)
         for run in runs:
@@ -534,8 +629,7 @@ def final_accuracy_over_lambda(results: dict, methods: Sequence[str] | None = No
             lams = [s["lambda"] for s in e["lambda_sweep"]]
             acc = [s["test_final_avg_accuracy"] for s in e["lambda_sweep"]]
             ax.plot(lams, acc, marker="o", ms=3, color=color, alpha=0.7, lw=1)
-            ax.scatter([e["lambda"]], [acc[lams.index(e["lambda"])]], s=90, facecolors="none",
-                       edgecolors=color, lw=1.3)
+            ax.scatter([e["lambda"]], [acc[lams.index(e["lambda"])]], s=90, facecolors="none", edgecolors=color, lw=1.3)
         ax.set_xscale("log")
         ax.set_xlabel("λ")
         ax.set_title(_label(m), fontsize=9)

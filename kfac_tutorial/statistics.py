@@ -34,18 +34,33 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "LOWER_IS_BETTER", "METRICS", "METRICS_COMPARED", "bootstrap_seeds", "compare", "decode_hits", "encode_hits",
-    "frontier_band", "matched_comparison", "minimal_detectable_difference", "seeds_needed",
-    "summarize_seeds", "verdict",
+    "LOWER_IS_BETTER",
+    "METRICS",
+    "METRICS_COMPARED",
+    "bootstrap_seeds",
+    "compare",
+    "decode_hits",
+    "encode_hits",
+    "frontier_band",
+    "matched_comparison",
+    "minimal_detectable_difference",
+    "seeds_needed",
+    "summarize_seeds",
+    "verdict",
 ]
 
 #: Metrics summarised over seeds (``forgetting_reduction`` needs fine-tuning in the run).
-METRICS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
-           "forgetting_encoder", "forgetting_table")
+METRICS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy", "forgetting_encoder", "forgetting_table")
 #: Metrics of the ``comparisons`` of a combined record: the four headline metrics, then
 #: the forgetting split into the encoder's and the concept table's parts.
-METRICS_COMPARED = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
-                    "forgetting_encoder", "forgetting_table")
+METRICS_COMPARED = (
+    "avg_forgetting",
+    "forgetting_reduction",
+    "plasticity",
+    "final_avg_accuracy",
+    "forgetting_encoder",
+    "forgetting_table",
+)
 #: Metrics for which the smaller value is the better one.
 LOWER_IS_BETTER = ("avg_forgetting", "forgetting_encoder", "forgetting_table")
 #: z-values of a two-sided 5% test and of 80% power.
@@ -53,6 +68,7 @@ Z_ALPHA, Z_POWER = 1.959964, 0.841621
 
 
 # -- hits ---------------------------------------------------------------------------------
+
 
 def encode_hits(hits: Iterable) -> str:
     """0/1 hits (bools, ints or a bool tensor) → a string such as ``"0110"``."""
@@ -65,6 +81,7 @@ def decode_hits(text: str) -> np.ndarray:
 
 
 # -- per-draw metrics ---------------------------------------------------------------------
+
 
 def _matrices(hits: list[list], idx: list[np.ndarray] | None) -> np.ndarray:
     """``(B, T, K)`` accuracy matrices of one run from its hit strings; ``idx[k]`` is a
@@ -131,8 +148,10 @@ def _mention_draws(entry: dict, B: int, rng: np.random.Generator) -> list[np.nda
 
 # -- over seeds -----------------------------------------------------------------------------
 
-def bootstrap_seeds(seed_runs: Sequence[dict], methods: Sequence[str] | None = None,
-                    n_boot: int = 2000, bootstrap_seed: int = 0) -> dict:
+
+def bootstrap_seeds(
+    seed_runs: Sequence[dict], methods: Sequence[str] | None = None, n_boot: int = 2000, bootstrap_seed: int = 0
+) -> dict:
     """Per-method point values and bootstrap draws of :data:`METRICS` over seeds.
 
     ``seed_runs``: one results dict of the harness per seed (same methods and tasks;
@@ -151,10 +170,8 @@ def bootstrap_seeds(seed_runs: Sequence[dict], methods: Sequence[str] | None = N
         point_metrics, draw_metrics = {}, {}
         for m in dict.fromkeys(methods + (["finetune"] if "finetune" in entries else [])):
             e = entries[m]
-            point_metrics[m] = _run_metrics(_matrices(e["test_hits"], None),
-                                            _restored(e.get("test_hits_restored"), None, 1))
-            draw_metrics[m] = _run_metrics(_matrices(e["test_hits"], idx),
-                                           _restored(e.get("test_hits_restored"), idx, B))
+            point_metrics[m] = _run_metrics(_matrices(e["test_hits"], None), _restored(e.get("test_hits_restored"), None, 1))
+            draw_metrics[m] = _run_metrics(_matrices(e["test_hits"], idx), _restored(e.get("test_hits_restored"), idx, B))
         for m in methods:
             for key in METRICS:
                 if key == "forgetting_reduction":
@@ -167,13 +184,22 @@ def bootstrap_seeds(seed_runs: Sequence[dict], methods: Sequence[str] | None = N
                     p, d = point_metrics[m][key], draw_metrics[m][key]
                 per_seed_points[m][key][s] = p[0]
                 per_seed_draws[m][key][s] = d
-    sel = rng.integers(0, S, size=(B, S))           # resampled seeds of every draw
+    sel = rng.integers(0, S, size=(B, S))  # resampled seeds of every draw
     slot = (np.arange(B)[:, None] + np.arange(S)[None, :]) % B  # mention draw of each slot
     with _quiet():
-        draws = {m: {k: np.nanmean(v[sel, slot], axis=1) if np.isfinite(v).any() else np.full(B, np.nan)
-                     for k, v in d.items()} for m, d in per_seed_draws.items()}
-    return {"points": per_seed_points, "draws": draws, "n_boot": B, "bootstrap_seed": bootstrap_seed,
-            "_per_seed_draws": per_seed_draws, "_sel": sel, "_slot": slot}
+        draws = {
+            m: {k: np.nanmean(v[sel, slot], axis=1) if np.isfinite(v).any() else np.full(B, np.nan) for k, v in d.items()}
+            for m, d in per_seed_draws.items()
+        }
+    return {
+        "points": per_seed_points,
+        "draws": draws,
+        "n_boot": B,
+        "bootstrap_seed": bootstrap_seed,
+        "_per_seed_draws": per_seed_draws,
+        "_sel": sel,
+        "_slot": slot,
+    }
 
 
 def _interval(draws: np.ndarray) -> list[float | None]:
@@ -206,14 +232,15 @@ def summarize_seeds(boot: dict) -> dict:
     :func:`bootstrap_seeds`."""
     out = {}
     for m, pts in boot["points"].items():
-        out[m] = {"mean": {k: _mean(v) for k, v in pts.items()},
-                  "ci95": {k: _interval(boot["draws"][m][k]) for k in pts}}
+        out[m] = {"mean": {k: _mean(v) for k, v in pts.items()}, "ci95": {k: _interval(boot["draws"][m][k]) for k in pts}}
     return out
 
 
-def compare(boot: dict, pairs: Sequence[tuple[str, str]] | None = None,
-            metrics: Sequence[str] = ("avg_forgetting", "forgetting_reduction", "plasticity",
-                                      "final_avg_accuracy")) -> list[dict]:
+def compare(
+    boot: dict,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    metrics: Sequence[str] = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy"),
+) -> list[dict]:
     """``[{"a", "b", "metric", "diff", "ci95", "verdict"}, ...]``: ``diff`` = mean over
     seeds of ``a − b`` (per seed, paired), ``ci95`` its paired bootstrap interval and
     ``verdict`` from :func:`verdict`. ``pairs`` default: every pair of methods (in the
@@ -232,12 +259,14 @@ def compare(boot: dict, pairs: Sequence[tuple[str, str]] | None = None,
             diff_points = boot["points"][a][metric] - boot["points"][b][metric]
             diff_draws = boot["draws"][a][metric] - boot["draws"][b][metric]
             ci = _interval(diff_draws)
-            out.append({"a": a, "b": b, "metric": metric, "diff": _mean(diff_points), "ci95": ci,
-                        "verdict": verdict(a, b, metric, ci)})
+            out.append(
+                {"a": a, "b": b, "metric": metric, "diff": _mean(diff_points), "ci95": ci, "verdict": verdict(a, b, metric, ci)}
+            )
     return out
 
 
 # -- frontiers -------------------------------------------------------------------------------
+
 
 def _sweep_points(run: dict, method: str, idx, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(lambdas, plasticity (B, P), forgetting (B, P), final (B, P))`` of a method's λ
@@ -266,8 +295,9 @@ def _interp(x: np.ndarray, y: np.ndarray, target: float) -> float:
     return forgetting_at_plasticity(x, y, target)
 
 
-def matched_comparison(seed_runs: Sequence[dict], a: str, b: str, matched_to: str,
-                       n_boot: int = 1000, bootstrap_seed: int = 0) -> dict:
+def matched_comparison(
+    seed_runs: Sequence[dict], a: str, b: str, matched_to: str, n_boot: int = 1000, bootstrap_seed: int = 0
+) -> dict:
     """Forgetting of ``a`` and ``b`` at the plasticity of ``matched_to``'s chosen run.
 
     Per seed and bootstrap draw: target = plasticity of ``matched_to``'s dev-chosen run;
@@ -291,24 +321,31 @@ def matched_comparison(seed_runs: Sequence[dict], a: str, b: str, matched_to: st
         curves_dr = {m: _sweep_points(run, m, idx, B) for m in (a, b)}
         point[s] = [tgt_pt] + [_interp(curves_pt[m][1][0], curves_pt[m][2][0], tgt_pt) for m in (a, b)]
         for j in range(B):
-            draws[s, j] = [tgt_dr[j]] + [_interp(curves_dr[m][1][j], curves_dr[m][2][j], tgt_dr[j])
-                                         for m in (a, b)]
+            draws[s, j] = [tgt_dr[j]] + [_interp(curves_dr[m][1][j], curves_dr[m][2][j], tgt_dr[j]) for m in (a, b)]
     sel = rng.integers(0, S, size=(B, S))
     slot = (np.arange(B)[:, None] + np.arange(S)[None, :]) % B
-    per = draws[:, :, 1] - draws[:, :, 2]            # (S, B)
+    per = draws[:, :, 1] - draws[:, :, 2]  # (S, B)
     with _quiet():
         boot = np.nanmean(per[sel, slot], axis=1) if np.isfinite(per).any() else np.full(B, np.nan)
     ci = _interval(boot)
     diff = point[:, 1] - point[:, 2]
-    return {"a": a, "b": b, "matched_to": matched_to, "metric": "forgetting_at_matched_plasticity",
-            "plasticity": _mean(point[:, 0]),
-            "forgetting": {a: _mean(point[:, 1]), b: _mean(point[:, 2])},
-            "diff": _mean(diff), "ci95": ci, "verdict": verdict(a, b, "avg_forgetting", ci),
-            "coverage": float(np.isfinite(boot).mean())}
+    return {
+        "a": a,
+        "b": b,
+        "matched_to": matched_to,
+        "metric": "forgetting_at_matched_plasticity",
+        "plasticity": _mean(point[:, 0]),
+        "forgetting": {a: _mean(point[:, 1]), b: _mean(point[:, 2])},
+        "diff": _mean(diff),
+        "ci95": ci,
+        "verdict": verdict(a, b, "avg_forgetting", ci),
+        "coverage": float(np.isfinite(boot).mean()),
+    }
 
 
-def frontier_band(seed_runs: Sequence[dict], method: str, grid: Sequence[float] | None = None,
-                  n_boot: int = 500, bootstrap_seed: int = 0) -> dict:
+def frontier_band(
+    seed_runs: Sequence[dict], method: str, grid: Sequence[float] | None = None, n_boot: int = 500, bootstrap_seed: int = 0
+) -> dict:
     """A method's forgetting–plasticity frontier over its λ sweep, mean and 95% band over
     seeds: on a plasticity ``grid`` (default: 25 points spanning the range every seed's
     sweep covers), each seed's forgetting interpolated along its sweep, averaged over
@@ -337,13 +374,13 @@ def frontier_band(seed_runs: Sequence[dict], method: str, grid: Sequence[float] 
         boot = np.nanmean(curves[sel, slot], axis=1)  # (B, G)
         low = np.nanpercentile(boot, 2.5, axis=0)
         high = np.nanpercentile(boot, 97.5, axis=0)
-    return {"plasticity": grid.tolist(), "forgetting": mean_curve.tolist(),
-            "low": low.tolist(), "high": high.tolist()}
+    return {"plasticity": grid.tolist(), "forgetting": mean_curve.tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 class _quiet:
     def __enter__(self):
         import warnings
+
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -354,8 +391,10 @@ class _quiet:
 
 # -- power -----------------------------------------------------------------------------------
 
-def minimal_detectable_difference(ci95: Sequence[float], n_seeds: int, target_seeds: int | None = None,
-                                  power_z: float = Z_POWER) -> float:
+
+def minimal_detectable_difference(
+    ci95: Sequence[float], n_seeds: int, target_seeds: int | None = None, power_z: float = Z_POWER
+) -> float:
     """The smallest true difference that a two-sided 5% test detects with 80% power:
     ``(z_0.975 + z_0.8) · SE``, with SE read off a bootstrap interval of a difference
     (``SE ≈ (high − low) / (2 · 1.96)``) measured with ``n_seeds`` seeds, rescaled to

@@ -17,7 +17,13 @@ from torch import nn
 from .linkers.concept_table import MASKED_LOGIT
 
 __all__ = [
-    "LinkingBatches", "NonFiniteLossError", "evaluate", "evaluate_hits", "linking_batches", "predict", "train",
+    "LinkingBatches",
+    "NonFiniteLossError",
+    "evaluate",
+    "evaluate_hits",
+    "linking_batches",
+    "predict",
+    "train",
 ]
 
 
@@ -40,9 +46,16 @@ class LinkingBatches:
     ``(seed, epoch)`` only (``set_epoch``), so that runs are reproducible bit for bit.
     """
 
-    def __init__(self, tokenizer: Callable, texts: Sequence[str], targets: torch.Tensor,
-                 batch_size: int = 32, shuffle: bool = False, seed: int = 0,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        tokenizer: Callable,
+        texts: Sequence[str],
+        targets: torch.Tensor,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ):
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
         self.tokenizer = tokenizer
@@ -77,14 +90,16 @@ class LinkingBatches:
             yield inputs, targets
 
 
-def linking_batches(linker, examples: Sequence[tuple[str, str]], batch_size: int = 32,
-                    shuffle: bool = False, seed: int = 0) -> LinkingBatches:
+def linking_batches(
+    linker, examples: Sequence[tuple[str, str]], batch_size: int = 32, shuffle: bool = False, seed: int = 0
+) -> LinkingBatches:
     """``examples`` = (mention, concept id) pairs → batches whose targets are the
     linker's logit columns for those concepts (in its current scoring state)."""
     texts = [m for m, _ in examples]
     targets = linker.columns([c for _, c in examples])
-    return LinkingBatches(linker.tokenizer, texts, targets, batch_size=batch_size,
-                          shuffle=shuffle, seed=seed, device=linker.device())
+    return LinkingBatches(
+        linker.tokenizer, texts, targets, batch_size=batch_size, shuffle=shuffle, seed=seed, device=linker.device()
+    )
 
 
 def _param_groups(model: nn.Module, lr: float, head_lr: float | None) -> list[dict]:
@@ -98,12 +113,22 @@ def _param_groups(model: nn.Module, lr: float, head_lr: float | None) -> list[di
     return groups
 
 
-def train(model: nn.Module, batches, *, epochs: int, lr: float,
-          head_lr: float | None = None, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-          lam: float = 0.0, method: str = "finetune", task: str = "?",
-          max_grad_norm: float | None = None, label_smoothing: float = 0.0,
-          progress: bool = False,
-          on_epoch_end: Callable[[int, float], None] | None = None) -> list[float]:
+def train(
+    model: nn.Module,
+    batches,
+    *,
+    epochs: int,
+    lr: float,
+    head_lr: float | None = None,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    lam: float = 0.0,
+    method: str = "finetune",
+    task: str = "?",
+    max_grad_norm: float | None = None,
+    label_smoothing: float = 0.0,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> list[float]:
     """Minimise ``cross_entropy(model(inputs), targets) + lam * penalty(model)``.
 
     A fresh AdamW (no weight decay) per call, i.e. per task; ``head_lr`` is the
@@ -123,8 +148,10 @@ def train(model: nn.Module, batches, *, epochs: int, lr: float,
     model.train()
     ddp = _ddp(model)
     if ddp is None:
+
         def batch_loss(inputs, targets):  # the batch's mean loss
             return _loss(model(inputs), targets, label_smoothing, mean=True)
+
         rank = 0
     else:
         import torch.distributed as dist
@@ -200,8 +227,7 @@ def _ddp(model: nn.Module):
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
 
 
 def rank_slice(n: int, rank: int, world: int) -> tuple[torch.Tensor, float]:
@@ -244,13 +270,11 @@ def evaluate_hits(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict
 def evaluate(model: nn.Module, batches, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Accuracy@k of ``model`` on ``batches`` (eval mode; training mode restored)."""
     hits = evaluate_hits(model, batches, ks)
-    return {f"acc@{k}": (float(h.float().mean()) if h.numel() else float("nan"))
-            for k, h in hits.items()}
+    return {f"acc@{k}": (float(h.float().mean()) if h.numel() else float("nan")) for k, h in hits.items()}
 
 
 @torch.no_grad()
-def predict(linker, mentions: Sequence[str], k: int = 5,
-            batch_size: int = 256) -> list[list[tuple[str, float]]]:
+def predict(linker, mentions: Sequence[str], k: int = 5, batch_size: int = 256) -> list[list[tuple[str, float]]]:
     """The top ``k`` concepts of each mention: ``[[(concept id, probability), ...], ...]``,
     best first, in the linker's current scoring state (inside ``linker.scoring(...)``:
     against the evaluation candidates, as :func:`evaluate` scores). Eval mode; the

@@ -40,8 +40,12 @@ def main(argv: list[str]) -> int:
         return 0
     times = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
     for stem, seconds in found.items():
-        times.setdefault(stem, {})["cpu"] = {"seconds": round(seconds), "machine": f"{os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.0f} when recorded)",
-                                             "date": datetime.date.today().isoformat(), "source": "book build"}
+        times.setdefault(stem, {})["cpu"] = {
+            "seconds": round(seconds),
+            "machine": f"{os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.0f} when recorded)",
+            "date": datetime.date.today().isoformat(),
+            "source": "book build",
+        }
     TIMES.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n")
     print(f"record_run_times: {len(found)} chapter times written to {TIMES.relative_to(ROOT)}")
     import subprocess

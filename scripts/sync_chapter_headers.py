@@ -58,12 +58,21 @@ def banner(stem: str, run_times: dict) -> str:
     rec = run_times.get(stem, {})
     cpu = rec.get("cpu")
     gpu = rec.get("colab_gpu")
-    measured = (f"**Profile `cpu`: about {_duration(cpu['seconds'])} on {cpu['machine']}** (measured {cpu['date']}, "
-                f"{cpu.get('source', 'scripts/regenerate_notebooks.sh')})" if cpu else "**Profile `cpu`** (run time not measured yet)")
-    colab = (f"about {_duration(gpu['seconds'])} in the `{gpu['profile']}` profile on {gpu['machine']}"
-             if gpu else "on a Colab GPU: not recorded")
-    return (f"{BANNER_PREFIX}{measured[len('**Profile'):]}; {colab}. Other sizes: `KFAC_PROFILE=ci|full`, or "
-            f"`papermill … -p PROFILE full` (chapter 10).")
+    measured = (
+        f"**Profile `cpu`: about {_duration(cpu['seconds'])} on {cpu['machine']}** (measured {cpu['date']}, "
+        f"{cpu.get('source', 'scripts/regenerate_notebooks.sh')})"
+        if cpu
+        else "**Profile `cpu`** (run time not measured yet)"
+    )
+    colab = (
+        f"about {_duration(gpu['seconds'])} in the `{gpu['profile']}` profile on {gpu['machine']}"
+        if gpu
+        else "on a Colab GPU: not recorded"
+    )
+    return (
+        f"{BANNER_PREFIX}{measured[len('**Profile') :]}; {colab}. Other sizes: `KFAC_PROFILE=ci|full`, or "
+        f"`papermill … -p PROFILE full` (chapter 10)."
+    )
 
 
 def install_cell() -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: set up, then
-#   0. ruff check (lint rules in pyproject.toml) over the package, benchmarks and tests,
+#   0. ruff check and ruff format --check (lint rules and format in pyproject.toml) over
+#      the package, benchmarks, tests and scripts,
 #   1. the package tests (pytest, brute-force oracles; fast), including that every
 #      chapter's Colab header matches kfac_tutorial/_release.py,
 #   2. the Colab simulation (tests/test_colab.py): a fresh virtual environment with its
@@ -20,7 +21,8 @@ bash scripts/setup.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 unset MPLBACKEND
-python3 -m ruff check kfac_tutorial benchmarks tests
+python3 -m ruff check kfac_tutorial benchmarks tests scripts
+python3 -m ruff format --check kfac_tutorial benchmarks tests scripts
 MPLBACKEND=Agg KFAC_PROFILE=${KFAC_PROFILE:-ci} python3 -m pytest tests -q
 KFAC_COLAB_TEST=1 python3 -m pytest tests/test_colab.py -q -p no:cacheprovider
 # nbval executes every chapter and stores each experiment's results in a fresh cache;

@@ -46,8 +46,9 @@ class AttentionHead(nn.Module):
     The input ``(N, L, E + 1)`` carries a padding flag in its last feature (1 = padding,
     passed on as ``key_padding_mask`` when ``padding``); ``attn_mask`` is fixed."""
 
-    def __init__(self, layer: nn.MultiheadAttention, classes: int = 3, padding: bool = False,
-                 need_weights: bool = False, attn_mask=None):
+    def __init__(
+        self, layer: nn.MultiheadAttention, classes: int = 3, padding: bool = False, need_weights: bool = False, attn_mask=None
+    ):
         super().__init__()
         self.layer, self.padding, self.need_weights, self.attn_mask = layer, padding, need_weights, attn_mask
         self.out = nn.Linear(layer.embed_dim, classes)
@@ -56,8 +57,9 @@ class AttentionHead(nn.Module):
         h, pad = x[..., :-1], x[..., -1] > 0.5
         if not self.layer.batch_first:
             h = h.transpose(0, 1)
-        o = self.layer(h, h, h, key_padding_mask=pad if self.padding else None,
-                       need_weights=self.need_weights, attn_mask=self.attn_mask)[0]
+        o = self.layer(
+            h, h, h, key_padding_mask=pad if self.padding else None, need_weights=self.need_weights, attn_mask=self.attn_mask
+        )[0]
         if not self.layer.batch_first:
             o = o.transpose(0, 1)
         return self.out(torch.tanh(o).mean(1))
@@ -69,7 +71,7 @@ def attention_inputs(n: int, length: int, embed: int, seed: int, pad_last: int =
     x = _randn(n, length, embed + 1, seed=seed)
     x[..., -1] = 0.0
     if pad_last:
-        x[::2, length - pad_last:, -1] = 1.0
+        x[::2, length - pad_last :, -1] = 1.0
     return x
 
 
@@ -88,8 +90,9 @@ class LayerCase:
 def _finish(model: nn.Module, inputs: list, classes: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed + 1)
     model = model.to(DTYPE).eval()
-    batches = [(x.to(DTYPE) if x.is_floating_point() else x,
-                torch.randint(0, classes, (x.shape[0],), generator=g)) for x in inputs]
+    batches = [
+        (x.to(DTYPE) if x.is_floating_point() else x, torch.randint(0, classes, (x.shape[0],), generator=g)) for x in inputs
+    ]
     return model, batches
 
 
@@ -103,6 +106,7 @@ def _linear(cls):
         if one:
             return _finish(Head(cls(4, 5), 5), [_randn(1, 4, seed=seed)], seed=seed)
         return _finish(Head(cls(4, 5), 5, pool="mean"), [_randn(3, 3, 4, seed=seed), _randn(2, 3, 4, seed=seed + 2)], seed=seed)
+
     return build
 
 
@@ -173,8 +177,11 @@ def case_fits(cls_names=("EWC", "KFAC"), cases=None, prefix: str = "") -> dict:
     ``(make, cls, kw)`` tables, filled from ``LAYER_CASES`` (several positions per example)."""
     import kfac_tutorial as kt
 
-    return {f"{prefix}{cls_name.lower()}_{case.name}": (builder(case), getattr(kt, cls_name), {})
-            for case in (LAYER_CASES if cases is None else cases) for cls_name in cls_names}
+    return {
+        f"{prefix}{cls_name.lower()}_{case.name}": (builder(case), getattr(kt, cls_name), {})
+        for case in (LAYER_CASES if cases is None else cases)
+        for cls_name in cls_names
+    }
 
 
 def kronecker_cases(cases=None) -> list:
@@ -182,5 +189,4 @@ def kronecker_cases(cases=None) -> list:
     (``G ⊗ A`` over one weight and its bias), for checks that read ``A`` and ``G``."""
     from kfac_tutorial.curvature.factors import FACTOR_TYPES, LayerFactors
 
-    return [c for c in (LAYER_CASES if cases is None else cases)
-            if issubclass(FACTOR_TYPES.get(c.kind, object), LayerFactors)]
+    return [c for c in (LAYER_CASES if cases is None else cases) if issubclass(FACTOR_TYPES.get(c.kind, object), LayerFactors)]

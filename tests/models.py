@@ -239,8 +239,7 @@ class BiEncoder(nn.Module):
         return logits if self.logit_scale is None else self.logit_scale * logits
 
 
-def bi_encoder(seed=0, n=3, t=4, num_names=5, t_names=3, vocab=17, pad_names=False,
-               logit_scale=False):
+def bi_encoder(seed=0, n=3, t=4, num_names=5, t_names=3, vocab=17, pad_names=False, logit_scale=False):
     """``num_names`` (C) differs from ``n`` (B) so the two calls are distinguishable."""
     torch.manual_seed(seed)
     g = _gen(seed + 1)
@@ -405,6 +404,4 @@ def perturb(model: nn.Module, scale=0.1, seed=123) -> dict:
 
 
 def flat_delta(model: nn.Module, delta: dict) -> torch.Tensor:
-    return torch.cat(
-        [delta[n].reshape(-1) for n, p in model.named_parameters() if p.requires_grad]
-    )
+    return torch.cat([delta[n].reshape(-1) for n, p in model.named_parameters() if p.requires_grad])

@@ -143,28 +143,16 @@ def per_example_loss_grads(model, batches, likelihood="categorical"):
         for n in range(logits.shape[0]):
             lg = logits[n].reshape(-1, logits.shape[-1])
             if likelihood == "categorical":
-                loss = nn.functional.cross_entropy(
-                    lg, targets[n].reshape(-1), reduction="sum"
-                )
+                loss = nn.functional.cross_entropy(lg, targets[n].reshape(-1), reduction="sum")
             else:
                 loss = 0.5 * ((targets[n].reshape(lg.shape) - lg) ** 2).sum()
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            grads.append(
-                torch.cat(
-                    [
-                        (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                        for gi, p in zip(g, params)
-                    ]
-                )
-            )
+            grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1) for gi, p in zip(g, params)]))
     return torch.stack(grads).detach()
 
 
 def dense_diag_to_dict(model, diag: torch.Tensor) -> dict:
-    return {
-        name: diag[sl].view(trainable(model)[name].shape)
-        for name, sl in param_slices(model).items()
-    }
+    return {name: diag[sl].view(trainable(model)[name].shape) for name, sl in param_slices(model).items()}
 
 
 def block(F: torch.Tensor, model, names_a, names_b=None) -> torch.Tensor:
@@ -179,8 +167,7 @@ def block(F: torch.Tensor, model, names_a, names_b=None) -> torch.Tensor:
 def module_param_names(model, module_name) -> list:
     """Trainable parameter names of one module, in named_parameters order."""
     prefix = module_name + "." if module_name else ""
-    own = {prefix + n for n, p in model.get_submodule(module_name).named_parameters(
-        recurse=False) if p.requires_grad}
+    own = {prefix + n for n, p in model.get_submodule(module_name).named_parameters(recurse=False) if p.requires_grad}
     return [n for n in trainable(model) if n in own]
 
 
@@ -246,9 +233,9 @@ def reference_attention(mha: nn.MultiheadAttention, xq, xk, xv, key_padding_mask
     b = mha.in_proj_bias
     proj = []
     for j, x in enumerate((xq, xk, xv)):
-        P = x @ W[j * E:(j + 1) * E].T
+        P = x @ W[j * E : (j + 1) * E].T
         if b is not None:
-            P = P + b[j * E:(j + 1) * E]
+            P = P + b[j * E : (j + 1) * E]
         if eps is not None and eps[j] is not None:
             P = P + eps[j]
         proj.append(P)
@@ -263,8 +250,8 @@ def reference_attention(mha: nn.MultiheadAttention, xq, xk, xv, key_padding_mask
         bias = bias + additive(key_padding_mask)[:, None, None, :]
     heads = []
     for h in range(H):
-        q, k, v = (P[..., h * D:(h + 1) * D] for P in proj)
-        heads.append(torch.softmax(q @ k.transpose(1, 2) / D ** 0.5 + bias[:, h], dim=-1) @ v)
+        q, k, v = (P[..., h * D : (h + 1) * D] for P in proj)
+        heads.append(torch.softmax(q @ k.transpose(1, 2) / D**0.5 + bias[:, h], dim=-1) @ v)
     o = torch.cat(heads, dim=-1)
     out = o @ mha.out_proj.weight.T
     if mha.out_proj.bias is not None:
@@ -278,7 +265,7 @@ def reference_self_attention(mha: nn.MultiheadAttention, x, key_padding_mask=Non
     """:func:`reference_attention` of ``x`` over itself; ``eps_in`` ``(N, L, 3E)`` perturbs the
     packed projection ``P = x W_inᵀ + b_in`` (``q, k, v = P[:E], P[E:2E], P[2E:]``)."""
     E = x.shape[-1]
-    eps = None if eps_in is None else tuple(eps_in[..., j * E:(j + 1) * E] for j in range(3))
+    eps = None if eps_in is None else tuple(eps_in[..., j * E : (j + 1) * E] for j in range(3))
     return reference_attention(mha, x, x, x, key_padding_mask, attn_mask, eps, eps_out)
 
 
@@ -293,7 +280,7 @@ class _AttentionRecorder:
         self.handle = mha.register_forward_hook(self.hook, with_kwargs=True)
 
     def hook(self, mha, args, kwargs, output):
-        query, key, value = (list(args) + [kwargs.get(k) for k in ("query", "key", "value")][len(args):])[:3]
+        query, key, value = (list(args) + [kwargs.get(k) for k in ("query", "key", "value")][len(args) :])[:3]
         assert query is key and key is value, "the oracle covers self-attention only"
         x = query if mha.batch_first else query.transpose(0, 1)
         N, L, E = x.shape
@@ -437,11 +424,7 @@ def kfac_factors(
             for k, call in enumerate(calls):
                 a, jac = call["a"], call["jac"][n]  # jac: (*out_n, L, S, d_out)
                 L = a.shape[0]
-                valid = (
-                    torch.ones(a.shape[:2], dtype=torch.bool)
-                    if masks is None
-                    else masks(inputs, k, a).bool()
-                )
+                valid = torch.ones(a.shape[:2], dtype=torch.bool) if masks is None else masks(inputs, k, a).bool()
                 rows = [n] if L == B else range(L)
                 jac = jac.reshape(-1, *jac.shape[-3:])  # (out_numel_n, L, S, d_out)
                 for r in rows:
@@ -480,9 +463,7 @@ def _vectors(logits_n, target_n, fisher, likelihood):
 def layer_inputs(model, inputs, module_name) -> list:
     """Raw inputs of every call of a module (forward hooks only)."""
     seen = []
-    h = model.get_submodule(module_name).register_forward_hook(
-        lambda m, args, out: seen.append(args[0].detach())
-    )
+    h = model.get_submodule(module_name).register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
     try:
         with torch.no_grad():
             model(inputs)
@@ -543,7 +524,7 @@ def grouped_attention_factors(model, batches, module_name, groups, mode="expand"
 
         def hook(module, args, kwargs, output):
             names = ("query", "key", "value")
-            q, k, v = (list(args) + [kwargs.get(n) for n in names][len(args):])[:3]
+            q, k, v = (list(args) + [kwargs.get(n) for n in names][len(args) :])[:3]
             xs = [t if module.batch_first else t.transpose(0, 1) for t in (q, k, v)]
             eps = [torch.zeros(*x.shape[:2], E, dtype=x.dtype, requires_grad=True) for x in xs]
             kpm = kwargs.get("key_padding_mask")

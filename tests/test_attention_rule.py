@@ -114,7 +114,7 @@ def test_explicit_path_equals_the_stock_module(batch_first, need_weights, averag
     if weights is not None:
         torch.testing.assert_close(weights, ref_weights, rtol=1e-12, atol=1e-12)
     # the in-projection was handed over once: batch-first input and its packed output
-    (a, proj), = site.recorded
+    ((a, proj),) = site.recorded
     xb = x if batch_first else x.transpose(0, 1)
     torch.testing.assert_close(a, xb, rtol=0, atol=0)
     torch.testing.assert_close(proj, nn.functional.linear(xb, mha.in_proj_weight, mha.in_proj_bias), rtol=0, atol=0)
@@ -239,13 +239,16 @@ class _OwnForward(nn.MultiheadAttention):
         return super().forward(query, key, value, **kwargs)
 
 
-@pytest.mark.parametrize("build, reason, out_proj_kept", [
-    (lambda: AttentionHead(nn.MultiheadAttention(E, H, batch_first=True, add_zero_attn=True)), "add_zero_attn=True", False),
-    (lambda: AttentionHead(nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)), "add_bias_kv=True", False),
-    (lambda: _KdimHead(nn.MultiheadAttention(E, H, batch_first=True, kdim=3, vdim=3)), "kdim or vdim differs", False),
-    (lambda: AttentionHead(_OwnForward(E, H, batch_first=True)), "_OwnForward overrides forward", False),
-    (lambda: _CrossAttention(twice=True), "called with q/k/v grouped as [q, k, v] after a call grouped as [q], [k, v]", True),
-])
+@pytest.mark.parametrize(
+    "build, reason, out_proj_kept",
+    [
+        (lambda: AttentionHead(nn.MultiheadAttention(E, H, batch_first=True, add_zero_attn=True)), "add_zero_attn=True", False),
+        (lambda: AttentionHead(nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)), "add_bias_kv=True", False),
+        (lambda: _KdimHead(nn.MultiheadAttention(E, H, batch_first=True, kdim=3, vdim=3)), "kdim or vdim differs", False),
+        (lambda: AttentionHead(_OwnForward(E, H, batch_first=True)), "_OwnForward overrides forward", False),
+        (lambda: _CrossAttention(twice=True), "called with q/k/v grouped as [q, k, v] after a call grouped as [q], [k, v]", True),
+    ],
+)
 def test_unsupported_configuration_is_named_and_strict_raises(build, reason, out_proj_kept):
     torch.manual_seed(0)
     model = build().to(DTYPE).eval()
@@ -310,7 +313,7 @@ class _Cross(nn.Module):
         self.grouping, self.padding, self.need_weights = grouping, padding, need_weights
 
     def forward(self, x):
-        q, mem, pad = x[:, :self.lq, :-1], x[:, self.lq:, :-1], x[:, self.lq:, -1] > 0.5
+        q, mem, pad = x[:, : self.lq, :-1], x[:, self.lq :, :-1], x[:, self.lq :, -1] > 0.5
         if not self.layer.batch_first:
             q, mem = q.transpose(0, 1), mem.transpose(0, 1)
         k = torch.tanh(mem)
@@ -375,11 +378,15 @@ def test_cross_path_equals_the_stock_module_and_records_one_call_per_group(batch
         assert stream == sum(1 << j for j in blocks)
         torch.testing.assert_close(a, x, rtol=0, atol=0)
         for j in range(3):  # the group's blocks' projections, zeros in the others' columns
-            expected = nn.functional.linear(x, W[j * E:(j + 1) * E], b[j * E:(j + 1) * E]) if j in blocks else torch.zeros(*x.shape[:2], E, dtype=DTYPE)
-            torch.testing.assert_close(proj[..., j * E:(j + 1) * E], expected, rtol=0, atol=0)
+            expected = (
+                nn.functional.linear(x, W[j * E : (j + 1) * E], b[j * E : (j + 1) * E])
+                if j in blocks
+                else torch.zeros(*x.shape[:2], E, dtype=DTYPE)
+            )
+            torch.testing.assert_close(proj[..., j * E : (j + 1) * E], expected, rtol=0, atol=0)
     # padding: the query's own group none, the key/value groups the key_padding_mask
     assert site.masks[0] is None
-    for m in site.masks[1:len(groups)]:
+    for m in site.masks[1 : len(groups)]:
         assert torch.equal(m, ~pad)
 
 
@@ -445,8 +452,10 @@ def test_cross_fisher_blocks_are_exact_at_one_token_per_group(grouping, lq, s):
         start += p.numel()
     w_idx = slices["layer.in_proj_weight"].reshape(3 * E, E)
     b_idx = slices["layer.in_proj_bias"]
-    group_idx = [torch.cat([torch.cat([w_idx[j * E:(j + 1) * E], b_idx[j * E:(j + 1) * E, None]], 1).reshape(-1) for j in g])
-                 for g in GROUPINGS[grouping]]
+    group_idx = [
+        torch.cat([torch.cat([w_idx[j * E : (j + 1) * E], b_idx[j * E : (j + 1) * E, None]], 1).reshape(-1) for j in g])
+        for g in GROUPINGS[grouping]
+    ]
     exact = [lq == 1] + [s == 1] * (len(group_idx) - 1)  # the groups with one token
     checked = 0
     for gi, idx in enumerate(group_idx):
@@ -455,7 +464,7 @@ def test_cross_fisher_blocks_are_exact_at_one_token_per_group(grouping, lq, s):
             torch.testing.assert_close(K[idx][:, idx], F[idx][:, idx], rtol=1e-9, atol=1e-12)
         elif F[idx][:, idx].abs().max() > 1e-6:  # several tokens: an approximation, not the exact block
             assert not torch.allclose(K[idx][:, idx], F[idx][:, idx], rtol=1e-6, atol=1e-9)
-        for other in group_idx[gi + 1:]:  # block diagonal: no cross-group curvature
+        for other in group_idx[gi + 1 :]:  # block diagonal: no cross-group curvature
             assert torch.count_nonzero(K[idx][:, other]) == 0
     assert checked >= 1  # a nonzero exact block was compared
     if lq == 1:  # the out-projection at one query token is exact too

@@ -24,22 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = os.environ.get("KFAC_BOOK_HTML")
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
-pytestmark = pytest.mark.skipif(not HTML, reason="set KFAC_BOOK_HTML=<built html folder> (scripts/test.sh does, after the book build)")
+pytestmark = pytest.mark.skipif(
+    not HTML, reason="set KFAC_BOOK_HTML=<built html folder> (scripts/test.sh does, after the book build)"
+)
 
 
 def committed_images(notebook: Path) -> int:
     """Image outputs (PNG or SVG) of the committed notebook."""
     cells = json.loads(notebook.read_text())["cells"]
-    return sum(1 for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
-               if {"image/png", "image/svg+xml"} & set(o.get("data", {})))
+    return sum(
+        1
+        for c in cells
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if {"image/png", "image/svg+xml"} & set(o.get("data", {}))
+    )
 
 
 def cells_showing_figures(notebook: Path) -> int:
     """Code cells that call ``plt.show()`` unconditionally (at the cell's top level, not
     inside an ``if``): each draws at least one figure."""
     cells = json.loads(notebook.read_text())["cells"]
-    return sum(1 for c in cells if c["cell_type"] == "code"
-               and any(line.startswith("plt.show()") for line in "".join(c["source"]).splitlines()))
+    return sum(
+        1
+        for c in cells
+        if c["cell_type"] == "code" and any(line.startswith("plt.show()") for line in "".join(c["source"]).splitlines())
+    )
 
 
 def page_images(page: Path) -> int:
@@ -53,8 +63,10 @@ def test_every_figure_of_a_chapter_is_on_its_page(notebook: Path):
     assert page.is_file(), f"{page} missing: was the book built (scripts/build_book.sh)?"
     expected = max(committed_images(notebook), cells_showing_figures(notebook))
     shown = page_images(page)
-    assert shown >= expected, (f"{page.name} shows {shown} figure(s), the chapter draws {expected}: "
-                               "are the kernels started with a non-interactive MPLBACKEND?")
+    assert shown >= expected, (
+        f"{page.name} shows {shown} figure(s), the chapter draws {expected}: "
+        "are the kernels started with a non-interactive MPLBACKEND?"
+    )
 
 
 def test_math_is_served_from_the_book():

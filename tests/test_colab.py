@@ -95,8 +95,7 @@ def colab_like(tmp_path_factory):
     kernels = base / "jupyter"
     _run([str(python), "-m", "ipykernel", "install", "--prefix", str(kernels), "--name", "colab-sim"])
     torch_before = _run([str(python), "-c", "import torch; print(torch.__version__)"]).strip()
-    return {"python": python, "release": release, "jupyter": kernels / "share" / "jupyter", "base": base,
-            "torch": torch_before}
+    return {"python": python, "release": release, "jupyter": kernels / "share" / "jupyter", "base": base, "torch": torch_before}
 
 
 @pytest.mark.parametrize("stem", COLAB_CHAPTERS)
@@ -109,10 +108,13 @@ def test_chapter_runs_in_a_colab_like_environment(colab_like, stem, monkeypatch)
     remote = f"git+{_release.REPOSITORY}@{_release.RELEASE}"
     assert remote in install.source
     install.source = install.source.replace(remote, colab_like["release"].as_uri())
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import importlib.util, kfac_tutorial, torch\n"
-        "print(torch.__version__)\nprint(kfac_tutorial.__file__)\n"
-        "print(importlib.util.find_spec('myst_nb') is None)"))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import importlib.util, kfac_tutorial, torch\n"
+            "print(torch.__version__)\nprint(kfac_tutorial.__file__)\n"
+            "print(importlib.util.find_spec('myst_nb') is None)"
+        )
+    )
     workdir = colab_like["base"] / f"run-{stem}"
     workdir.mkdir()
     monkeypatch.delenv("PYTHONPATH", raising=False)

@@ -4,16 +4,14 @@ estimate's arithmetic."""
 import pytest
 
 from kfac_tutorial.experiments import get_profile
-from kfac_tutorial.experiments.cost import (count_work, estimate_breakdown, estimate_seconds,
-                                            measure_rates)
+from kfac_tutorial.experiments.cost import count_work, estimate_breakdown, estimate_seconds, measure_rates
 
 
 def test_count_work_by_hand():
     profile = get_profile("cnn", "test").with_overrides(
-        epochs=2, lambdas={"ewc": (1.0,), "kfac": (1.0, 10.0)}, fisher_examples=15,
-        mc_samples=3, fisher="mc")
-    sizes = [{"train": 10, "dev": 1, "test": 3}, {"train": 20, "dev": 2, "test": 4},
-             {"train": 30, "dev": 3, "test": 5}]
+        epochs=2, lambdas={"ewc": (1.0,), "kfac": (1.0, 10.0)}, fisher_examples=15, mc_samples=3, fisher="mc"
+    )
+    sizes = [{"train": 10, "dev": 1, "test": 3}, {"train": 20, "dev": 2, "test": 4}, {"train": 30, "dev": 3, "test": 5}]
     work = count_work(sizes, ["finetune", "kfac", "joint"], profile)
     # task 0 once; finetune tasks 1, 2 once; kfac twice (grid of 2); joint on unions
     assert work["train_examples"] == 2 * 10 + 2 * 50 + 2 * 2 * 50 + 2 * (30 + 60)
@@ -34,8 +32,7 @@ def test_count_work_by_hand():
 
 
 def test_estimate_seconds_arithmetic():
-    work = {"train_examples": 300, "fisher_forward": 30, "fisher_backward": 60,
-            "eval_examples": 100}
+    work = {"train_examples": 300, "fisher_forward": 30, "fisher_backward": 60, "eval_examples": 100}
     rates = {"train_per_s": 30.0, "eval_per_s": 50.0}
     expected = 300 / 30 + 30 / 30 / 3 + 60 * 2 / 30 / 3 + 100 / 50
     assert estimate_seconds(work, rates) == pytest.approx(expected)

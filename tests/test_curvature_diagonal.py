@@ -68,9 +68,17 @@ def test_ewc_exact_diagonal_equals_diag_of_mean_per_example_fisher(make):
     _assert_diag_dict(model, ewc.diagonal, expected)
 
 
-EMPIRICAL = {k: MODELS[k] for k in ("mlp_tanh", "conv1d_maxpool", "embedding_masked_dict_input",
-                                    "bi_encoder_names_called_once", "siamese_module_called_twice",
-                                    "per_position_outputs_BTC")}
+EMPIRICAL = {
+    k: MODELS[k]
+    for k in (
+        "mlp_tanh",
+        "conv1d_maxpool",
+        "embedding_masked_dict_input",
+        "bi_encoder_names_called_once",
+        "siamese_module_called_twice",
+        "per_position_outputs_BTC",
+    )
+}
 EMPIRICAL.update({f"case_{c.name}": builder(c) for c in LAYER_CASES})  # every layer type
 
 
@@ -81,8 +89,10 @@ def test_ewc_empirical_diagonal_equals_mean_squared_per_example_gradient(make):
     expected = (grads**2).mean(0)
     # the two oracles agree (Jacobian route vs autograd route)
     torch.testing.assert_close(
-        O.fisher_dense(model, batches, "empirical").diagonal(), expected,
-        rtol=RTOL, atol=ATOL,
+        O.fisher_dense(model, batches, "empirical").diagonal(),
+        expected,
+        rtol=RTOL,
+        atol=ATOL,
     )
     ewc = kt.EWC.fit(model, batches, fisher="empirical")
     _assert_diag_dict(model, ewc.diagonal, expected)
@@ -108,8 +118,7 @@ def test_ewc_gaussian_empirical_diagonal_uses_residual_f_minus_y():
 
 @pytest.mark.parametrize(
     "make,sizes",
-    [(lambda: M.mlp(n=7), [1, 4, 2]), (lambda: M.masked_pool_classifier(n=5), [2, 1, 2]),
-     (lambda: M.bi_encoder(n=4), [3, 1])]
+    [(lambda: M.mlp(n=7), [1, 4, 2]), (lambda: M.masked_pool_classifier(n=5), [2, 1, 2]), (lambda: M.bi_encoder(n=4), [3, 1])]
     + [(builder(c), None) for c in LAYER_CASES],  # None: one example, then the rest
     ids=["mlp", "embedding_masked", "bi_encoder"] + [f"case_{c.name}" for c in LAYER_CASES],
 )
@@ -121,9 +130,7 @@ def test_ewc_diagonal_is_invariant_to_batching(make, sizes, fisher):
     one = kt.EWC.fit(model, [M.join_batches(batches)], fisher=fisher)
     several = kt.EWC.fit(model, M.split_batches(batches, sizes), fisher=fisher)
     for name in O.trainable(model):
-        torch.testing.assert_close(
-            several.diagonal[name], one.diagonal[name], rtol=RTOL, atol=ATOL
-        )
+        torch.testing.assert_close(several.diagonal[name], one.diagonal[name], rtol=RTOL, atol=ATOL)
 
 
 def test_ewc_accepts_a_generator_of_batches_consumed_once():
@@ -153,9 +160,7 @@ def test_ewc_to_dense_is_diagonal_matrix_over_trainable_params_plus_damping():
     dense = ewc.to_dense(model)
     assert dense.dtype == torch.float64
     assert dense.shape == (expected.numel(),) * 2
-    torch.testing.assert_close(
-        dense, torch.diag(expected + damping), rtol=RTOL, atol=ATOL
-    )
+    torch.testing.assert_close(dense, torch.diag(expected + damping), rtol=RTOL, atol=ATOL)
 
 
 def test_ewc_memory_bytes_counts_one_entry_per_parameter():
@@ -183,14 +188,14 @@ def test_ewc_mc_converges_to_exact_at_the_monte_carlo_rate():
     exact, V = O.mc_categorical_error_budget(model, batches, stat=lambda u: u**2)
     exact_flat = exact
     torch.testing.assert_close(
-        exact_flat, O.fisher_dense(model, batches, "exact").diagonal(),
-        rtol=RTOL, atol=ATOL,
+        exact_flat,
+        O.fisher_dense(model, batches, "exact").diagonal(),
+        rtol=RTOL,
+        atol=ATOL,
     )
     few = kt.EWC.fit(model, batches, fisher="mc", mc_samples=1, seed=0)
     many = kt.EWC.fit(model, batches, fisher="mc", mc_samples=1000, seed=0)
-    err_few, err_many = _sq_err(model, few.diagonal, exact_flat), _sq_err(
-        model, many.diagonal, exact_flat
-    )
+    err_few, err_many = _sq_err(model, few.diagonal, exact_flat), _sq_err(model, many.diagonal, exact_flat)
     assert err_few > V / 50, (err_few, V)
     assert err_many < 15 * V / 1000, (err_many, V / 1000)
     assert err_many < err_few

@@ -36,7 +36,9 @@ RTOL, ATOL = 1e-8, 1e-12
 
 def _close(a, b, **kw):
     torch.testing.assert_close(
-        a.to(torch.float64), b.to(torch.float64), rtol=kw.get("rtol", RTOL),
+        a.to(torch.float64),
+        b.to(torch.float64),
+        rtol=kw.get("rtol", RTOL),
         atol=kw.get("atol", ATOL),
     )
 
@@ -76,9 +78,8 @@ def test_kfac_cross_layer_blocks_are_zero(fisher):
     D = kfac.to_dense(model)
     layers = ["0", "2", "4"]
     for i, la in enumerate(layers):
-        for lb in layers[i + 1:]:
-            off = O.block(D, model, O.module_param_names(model, la),
-                          O.module_param_names(model, lb))
+        for lb in layers[i + 1 :]:
+            off = O.block(D, model, O.module_param_names(model, la), O.module_param_names(model, lb))
             assert torch.count_nonzero(off) == 0, (la, lb)
     # and the matrix is not trivially zero
     assert torch.linalg.matrix_norm(D) > 0
@@ -128,9 +129,7 @@ def test_kfac_gradient_factor_equals_bias_block_of_the_fisher(fisher):
 
 @pytest.mark.parametrize("weight_sharing", ["expand", "reduce"])
 @pytest.mark.parametrize("pool", ["max", "mean"])
-def test_kfac_conv1d_factors_use_unfolded_patches_in_weight_reshape_layout(
-    pool, weight_sharing
-):
+def test_kfac_conv1d_factors_use_unfolded_patches_in_weight_reshape_layout(pool, weight_sharing):
     model, batches = M.conv_classifier(pool=pool, n=3, t=5)
     kfac = kt.KFAC.fit(model, batches, fisher="exact", weight_sharing=weight_sharing)
     f = kfac.factors["conv"]
@@ -192,17 +191,13 @@ def test_kfac_to_dense_assembles_kronecker_blocks_in_named_parameters_order(make
     for mod_name, f in kfac.factors.items():
         names = O.module_param_names(model, mod_name)
         idx = torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in names])
-        blk = O.kron_block_params_order(
-            f.A.double(), f.G.double(), f.kind, _has_bias(model, mod_name)
-        )
+        blk = O.kron_block_params_order(f.A.double(), f.G.double(), f.kind, _has_bias(model, mod_name))
         expected[idx[:, None], idx[None, :]] = blk
     for name, v in kfac.diagonal.items():
         i = torch.arange(sl[name].start, sl[name].stop)
         expected[i, i] = v.double().reshape(-1)
     expected += damping * torch.eye(P, dtype=torch.float64)
-    covered = set(kfac.diagonal) | {
-        n for m in kfac.factors for n in O.module_param_names(model, m)
-    }
+    covered = set(kfac.diagonal) | {n for m in kfac.factors for n in O.module_param_names(model, m)}
     assert covered == set(O.trainable(model))
     _close(kfac.to_dense(model), expected)
 
@@ -224,8 +219,7 @@ def test_kfac_to_dense_is_the_hessian_of_the_penalty_for_every_layer_case(case, 
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(anchor + step, params)
         grads = torch.autograd.grad(kfac.penalty(model), params, allow_unused=True)
-        columns.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                  for g, p in zip(grads, params)]))
+        columns.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
     D = kfac.to_dense(model)
     assert torch.linalg.matrix_norm(D - damping * torch.eye(len(columns), dtype=D.dtype)) > 0
     _close(D, torch.stack(columns, dim=1))
@@ -237,8 +231,12 @@ def test_kfac_to_dense_is_the_hessian_of_the_penalty_for_every_layer_case(case, 
 @pytest.mark.parametrize("weight_sharing", ["expand", "reduce"])
 @pytest.mark.parametrize(
     "make,sizes",
-    [(lambda: M.mlp(n=7), [1, 4, 2]), (lambda: M.masked_pool_classifier(n=6), [2, 1, 3]),
-     (lambda: M.conv_classifier(n=5), [4, 1]), (lambda: M.bi_encoder(n=4), [1, 3])]
+    [
+        (lambda: M.mlp(n=7), [1, 4, 2]),
+        (lambda: M.masked_pool_classifier(n=6), [2, 1, 3]),
+        (lambda: M.conv_classifier(n=5), [4, 1]),
+        (lambda: M.bi_encoder(n=4), [1, 3]),
+    ]
     + [(builder(c), None) for c in LAYER_CASES],  # None: one example, then the rest
     ids=["mlp", "embedding_masked", "conv1d", "bi_encoder"] + [f"case_{c.name}" for c in LAYER_CASES],
 )
@@ -272,9 +270,7 @@ def test_kfac_mc_gradient_factors_converge_to_exact_at_the_monte_carlo_rate():
     sl = O.param_slices(model)
     for layer in ("0", "2", "4"):
         b = sl[f"{layer}.bias"]
-        G_exact, V = O.mc_categorical_error_budget(
-            model, batches, stat=lambda u, b=b: torch.outer(u[b], u[b])
-        )
+        G_exact, V = O.mc_categorical_error_budget(model, batches, stat=lambda u, b=b: torch.outer(u[b], u[b]))
         _close(exact.factors[layer].G, G_exact)
         err_few = float(((few.factors[layer].G.double() - G_exact) ** 2).sum())
         err_many = float(((many.factors[layer].G.double() - G_exact) ** 2).sum())
@@ -366,9 +362,7 @@ def test_kfac_of_a_float32_model_gives_a_float64_dense_matrix_close_to_the_float
 
 def test_kfac_fisher_is_computed_in_eval_mode_without_dropout():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(6, 3)
-    ).double()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(6, 3)).double()
     x = torch.randn(5, 4, dtype=torch.float64)
     batches = [(x, torch.randint(0, 3, (5,)))]
     expected = {name: O.kfac_factors(model, batches, name) for name in ("0", "3")}  # eval()

@@ -149,8 +149,7 @@ def test_kfac_reduce_with_pooled_outputs_matches_curvlinops_reduce(fisher):
 
 
 # the layer cases whose layer type curvlinops' KFAC supports (Linear, Conv2d, subclasses)
-CURVLINOPS_CASES = [c for c in LAYER_CASES
-                    if isinstance(c.build(False, 0)[0].layer, (nn.Linear, nn.Conv2d))]
+CURVLINOPS_CASES = [c for c in LAYER_CASES if isinstance(c.build(False, 0)[0].layer, (nn.Linear, nn.Conv2d))]
 
 
 @pytest.mark.parametrize("fisher", ["exact", "empirical"])

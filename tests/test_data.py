@@ -89,9 +89,7 @@ def test_examples_are_string_pairs_of_known_concepts(tasks, name):
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_no_dev_or_test_mention_is_a_trivial_rewrite_of_any_train_mention_or_name(
-    tasks, name
-):
+def test_no_dev_or_test_mention_is_a_trivial_rewrite_of_any_train_mention_or_name(tasks, name):
     task = tasks[name]
     # Across ALL concepts: a held-out string equal (after normalisation) to a training
     # string or a preferred name of another concept would leak its label too.
@@ -106,9 +104,7 @@ def test_no_dev_or_test_mention_is_a_trivial_rewrite_of_any_train_mention_or_nam
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_held_out_mentions_are_source_variants_of_their_concept(
-    tasks, vocabularies, name
-):
+def test_held_out_mentions_are_source_variants_of_their_concept(tasks, vocabularies, name):
     task, vocab = tasks[name], vocabularies[name]
     for split in ("dev", "test"):
         for mention, cid in task.split(split):
@@ -131,9 +127,7 @@ def test_ambiguous_strings_are_counted_and_never_held_out(tasks, vocabularies, n
         for v in vocab.variants[cid]:
             owners[normalize_mention(v)].add(cid)
     ambiguous = {k for k, cs in owners.items() if len(cs) > 1 and k}
-    variant_keys = {
-        normalize_mention(v) for vs in vocab.variants.values() for v in vs
-    }
+    variant_keys = {normalize_mention(v) for vs in vocab.variants.values() for v in vs}
     assert task.stats["ambiguous_strings"] == len(ambiguous & variant_keys)
     held_out = {normalize_mention(m) for s in ("dev", "test") for m, _ in task.split(s)}
     assert not (held_out & ambiguous)
@@ -155,9 +149,7 @@ def test_ambiguous_drop_removes_ambiguous_variants_from_train(cache, tasks):
     assert len(kept.train) - len(dropped.train) == kept.stats["ambiguous_variants"]
 
 
-def test_splits_are_identical_across_processes_with_different_hashseeds(
-    tasks, tmp_path
-):
+def test_splits_are_identical_across_processes_with_different_hashseeds(tasks, tmp_path):
     code = (
         "import hashlib, json; from kfac_tutorial.data import load_task; "
         "t = load_task('phenotypes'); "
@@ -166,10 +158,8 @@ def test_splits_are_identical_across_processes_with_different_hashseeds(
     )
     digests = []
     for hashseed in ("1", "2"):
-        env = dict(os.environ, PYTHONHASHSEED=hashseed,
-                   KFAC_CACHE=str(tmp_path / f"cache{hashseed}"))  # cold builds
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                             capture_output=True, text=True, timeout=300)
+        env = dict(os.environ, PYTHONHASHSEED=hashseed, KFAC_CACHE=str(tmp_path / f"cache{hashseed}"))  # cold builds
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True, timeout=300)
         digests.append(out.stdout.strip().splitlines()[-1])
     assert digests[0] == digests[1] == split_digest(tasks["phenotypes"])
 
@@ -223,9 +213,7 @@ def test_max_concepts_subsample_is_deterministic_and_nested(cache, tasks):
     large = load_task("diseases", max_concepts=300, require_test=True)
     assert len(small.concepts) == 100 and len(large.concepts) == 300
     assert set(small.concepts) <= set(large.concepts)
-    assert split_digest(small) == split_digest(
-        load_task("diseases", max_concepts=100, require_test=True)
-    )
+    assert split_digest(small) == split_digest(load_task("diseases", max_concepts=100, require_test=True))
     for sub in (small, large):
         assert {c for _, c in sub.test} == set(sub.concepts)  # require_test
         for s in ("train", "dev", "test"):
@@ -255,6 +243,7 @@ def test_max_mentions_caps_each_split_deterministically(cache):
 def test_subsampled_load_is_served_from_the_disk_cache(cache, tasks, monkeypatch):
     """Once a task's split is cached on disk, a subsampled load reads the cache and never
     the vocabulary (what makes it fast; speed itself is for benchmarks, not unit tests)."""
+
     def no_source():
         raise AssertionError("the vocabulary was read although the split is cached")
 
@@ -308,15 +297,13 @@ def test_summarize_counts_match_the_task(cache, tasks):
     task = load_task("phenotypes", max_concepts=200, require_test=True)
     s = summarize(task)
     assert s["concepts"] == 200
-    assert (s["train"], s["dev"], s["test"]) == (len(task.train), len(task.dev),
-                                                 len(task.test))
+    assert (s["train"], s["dev"], s["test"]) == (len(task.train), len(task.dev), len(task.test))
     assert s["concepts_in_test"] == 200
     assert s["ambiguous_strings"] == task.stats["ambiguous_strings"]
     assert s["rewrite_of_name_to_train"] == task.stats["rewrite_of_name_to_train"]
     words = [len(m.split()) for m, _ in task.test]
     assert s["test_words_mean"] == pytest.approx(sum(words) / len(words), abs=0.01)
-    assert s["train_mentions_per_concept_mean"] == pytest.approx(
-        len(task.train) / 200, abs=0.01)
+    assert s["train_mentions_per_concept_mean"] == pytest.approx(len(task.train) / 200, abs=0.01)
 
 
 def test_summary_table_has_one_row_per_task(tasks):
@@ -338,9 +325,16 @@ def test_task_records_source_and_licence(tasks):
 def _tiny_task(name: str, n_concepts: int) -> LinkingTask:
     concepts = {f"{name}:{i}": f"concept {i}" for i in range(n_concepts)}
     train = [(n, c) for c, n in concepts.items()] + [("extra words here", f"{name}:0")]
-    return LinkingTask(name=name, description="", source="", licence="", concepts=concepts,
-                       train=train, dev=[("dev mention", f"{name}:1")],
-                       test=[("test mention", f"{name}:1"), ("other", f"{name}:2")])
+    return LinkingTask(
+        name=name,
+        description="",
+        source="",
+        licence="",
+        concepts=concepts,
+        train=train,
+        dev=[("dev mention", f"{name}:1")],
+        test=[("test mention", f"{name}:1"), ("other", f"{name}:2")],
+    )
 
 
 def test_plot_task_summary_draws_labelled_panels_from_the_counts():

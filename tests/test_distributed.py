@@ -49,7 +49,7 @@ def _model_and_batches():
 
 def _shard(batches, rank: int):
     start = sum(len(s) for s in SHARDS[:rank])
-    return batches[start:start + len(SHARDS[rank])]
+    return batches[start : start + len(SHARDS[rank])]
 
 
 def _perturbed(model):
@@ -70,13 +70,17 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         kt.EWC.fit(model, shard, fisher="exact", progress=False).save(out_dir / f"ewc_exact_{rank}.safetensors")
         kt.KFAC.fit(model, shard, fisher="exact", progress=False).save(out_dir / f"kfac_exact_{rank}.safetensors")
         kt.KFAC.fit(model, shard, fisher="exact", weight_sharing="expand", progress=False).save(
-            out_dir / f"kfac_expand_{rank}.safetensors")
+            out_dir / f"kfac_expand_{rank}.safetensors"
+        )
         kt.KFAC.fit(model, shard, fisher="mc", mc_samples=2, seed=MC_SEED, progress=False).save(
-            out_dir / f"kfac_mc_{rank}.safetensors")
+            out_dir / f"kfac_mc_{rank}.safetensors"
+        )
         kt.EWC.fit(model, shard, fisher="mc", mc_samples=2, seed=MC_SEED, progress=False).save(
-            out_dir / f"ewc_mc_{rank}.safetensors")
+            out_dir / f"ewc_mc_{rank}.safetensors"
+        )
         kt.KFAC.fit(model, shard if rank == 0 else [], fisher="exact", progress=False).save(  # rank 1: no batch
-            out_dir / f"kfac_empty_{rank}.safetensors")
+            out_dir / f"kfac_empty_{rank}.safetensors"
+        )
         local = kt.KFAC.fit(model, shard, fisher="exact", progress=False, distributed=False)
         local.save(out_dir / f"kfac_local_{rank}.safetensors")
 
@@ -119,6 +123,7 @@ def _assert_states_close(state, oracle, rtol=RTOL) -> None:
     """Every diagonal and factor within ``rtol`` of the oracle's, relative to the largest
     entry of its kind in the oracle (a factor that is zero up to rounding, such as the
     ``G`` of a one-layer BERT's attention keys, is compared at the scale of the others)."""
+
     def check(pairs, what):
         scale = max(float(b.abs().max()) for _, b in pairs.values())
         for key, (a, b) in pairs.items():
@@ -131,8 +136,7 @@ def _assert_states_close(state, oracle, rtol=RTOL) -> None:
     assert set(getattr(state, "factors", {})) == set(factors)
     for attr in ("A", "G"):
         for kind in {f.kind for f in factors.values()}:
-            check({m: (getattr(state.factors[m], attr), getattr(f, attr)) for m, f in factors.items() if f.kind == kind},
-                  attr)
+            check({m: (getattr(state.factors[m], attr), getattr(f, attr)) for m, f in factors.items() if f.kind == kind}, attr)
     assert state.info["num_examples"] == oracle.info["num_examples"]
 
 
@@ -148,11 +152,14 @@ def _ranks_agree(spawned, name, model):
     return states[0]
 
 
-@pytest.mark.parametrize("name, cls, kwargs", [
-    ("ewc_exact", kt.EWC, {}),
-    ("kfac_exact", kt.KFAC, {}),
-    ("kfac_expand", kt.KFAC, {"weight_sharing": "expand"}),
-])
+@pytest.mark.parametrize(
+    "name, cls, kwargs",
+    [
+        ("ewc_exact", kt.EWC, {}),
+        ("kfac_exact", kt.KFAC, {}),
+        ("kfac_expand", kt.KFAC, {"weight_sharing": "expand"}),
+    ],
+)
 def test_uneven_shards_equal_one_process_on_all_batches(spawned, name, cls, kwargs):
     model, batches = _model_and_batches()
     oracle = cls.fit(model, batches, fisher="exact", progress=False, **kwargs)
@@ -179,8 +186,7 @@ def test_distributed_false_fits_the_own_shard_only(spawned):
 
 def _size_weighted_mc(cls, model, batches, seeds):
     """The union's mean from one-process fits of each shard with the given seeds."""
-    fits = [cls.fit(model, _shard(batches, r), fisher="mc", mc_samples=2, seed=seeds[r], progress=False)
-            for r in range(WORLD)]
+    fits = [cls.fit(model, _shard(batches, r), fisher="mc", mc_samples=2, seed=seeds[r], progress=False) for r in range(WORLD)]
     sizes = [f.info["num_examples"] for f in fits]
     total = sum(sizes)
 
@@ -274,9 +280,16 @@ def _tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=16, num_labels=3,
-                        attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        num_labels=3,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(config)
 
 
@@ -284,8 +297,10 @@ def _task(seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 40, (TRAINER_EXAMPLES, 6), generator=g)
     labels = torch.randint(0, 3, (TRAINER_EXAMPLES,), generator=g)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(6, dtype=torch.long), "labels": labels[i]}
-            for i in range(TRAINER_EXAMPLES)]
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(6, dtype=torch.long), "labels": labels[i]}
+        for i in range(TRAINER_EXAMPLES)
+    ]
 
 
 def _trainer_part(rank: int, out_dir: Path) -> None:
@@ -295,17 +310,33 @@ def _trainer_part(rank: int, out_dir: Path) -> None:
         import accelerate  # noqa: F401  (the Trainer needs it)
     except ImportError:
         return
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT="29500", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT="29500",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     from safetensors.torch import save_file
     from transformers import TrainingArguments
 
     from kfac_tutorial.integrations.hf_trainer import ConsolidationTrainer
 
     def args(steps):
-        return TrainingArguments(output_dir=str(out_dir / "trainer"), use_cpu=True, per_device_train_batch_size=4,
-                                 max_steps=steps, logging_steps=1, learning_rate=5e-2, report_to=[],
-                                 save_strategy="no", disable_tqdm=True, seed=0)
+        return TrainingArguments(
+            output_dir=str(out_dir / "trainer"),
+            use_cpu=True,
+            per_device_train_batch_size=4,
+            max_steps=steps,
+            logging_steps=1,
+            learning_rate=5e-2,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+        )
 
     model = _tiny_bert()
     trainer = ConsolidationTrainer(model=model, args=args(2), train_dataset=_task(1))  # task A: no penalty
@@ -324,8 +355,12 @@ def _trainer_part(rank: int, out_dir: Path) -> None:
         trainer.train()
         drift = sum(float((p.detach() - after_a[n]).square().sum()) for n, p in model.named_parameters())
         with torch.no_grad():
-            runs[str(lam)] = {"log": trainer.state.log_history, "drift": drift, "penalty": float(state.penalty(model)),
-                              "distributed": trainer.args.world_size}
+            runs[str(lam)] = {
+                "log": trainer.state.log_history,
+                "drift": drift,
+                "penalty": float(state.penalty(model)),
+                "distributed": trainer.args.world_size,
+            }
     (out_dir / f"trainer_{rank}.json").write_text(json.dumps(runs))
 
 
@@ -338,7 +373,8 @@ def trainer_runs(spawned):
 def test_trainer_trains_with_the_penalty_on_two_processes(trainer_runs):
     runs = [json.loads((trainer_runs / f"trainer_{r}.json").read_text()) for r in range(WORLD)]
     assert runs[0] == runs[1] or all(  # both ranks hold the same model (DDP)
-        runs[0][lam]["drift"] == pytest.approx(runs[1][lam]["drift"], rel=1e-6) for lam in runs[0])
+        runs[0][lam]["drift"] == pytest.approx(runs[1][lam]["drift"], rel=1e-6) for lam in runs[0]
+    )
     free, pulled = runs[0]["0.0"], runs[0]["30.0"]
     assert free["distributed"] == pulled["distributed"] == WORLD
     logged = [e["consolidation_penalty"] for e in pulled["log"] if "consolidation_penalty" in e]
@@ -357,8 +393,12 @@ def test_trainer_curvature_is_the_fit_over_the_whole_dataset(trainer_runs):
     saved = kt.KFAC.load(trainer_runs / "task_a.safetensors", model)
     assert saved.info["num_examples"] == TRAINER_EXAMPLES and saved.info["processes"] == WORLD
     examples = _task(1)
-    batches = [({k: torch.stack([ex[k] for ex in examples]) for k in ("input_ids", "attention_mask")},
-                torch.stack([ex["labels"] for ex in examples]))]
+    batches = [
+        (
+            {k: torch.stack([ex[k] for ex in examples]) for k in ("input_ids", "attention_mask")},
+            torch.stack([ex["labels"] for ex in examples]),
+        )
+    ]
     _assert_states_close(saved, kt.KFAC.fit(model, batches, fisher="exact", progress=False), rtol=1e-5)
 
 
@@ -384,13 +424,44 @@ def test_harness_under_torchrun_writes_the_json_once(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "r.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-         "-m", "kfac_tutorial.experiments", "--model", "cnn", "--profile", "test", "--methods", "finetune,kfac",
-         "--tasks", "toy-a,toy-b", "--lambda", "kfac=10", "--seed", "0", "--no-progress", "--out", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(WORLD),
+            "-m",
+            "kfac_tutorial.experiments",
+            "--model",
+            "cnn",
+            "--profile",
+            "test",
+            "--methods",
+            "finetune,kfac",
+            "--tasks",
+            "toy-a,toy-b",
+            "--lambda",
+            "kfac=10",
+            "--seed",
+            "0",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("kfac ") >= 1
     results = json.loads(out.read_text())

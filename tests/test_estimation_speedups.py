@@ -13,8 +13,13 @@ est = importlib.import_module("kfac_tutorial.curvature.estimate")
 
 def _model_and_batches():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1, dilation=1), nn.ReLU(), nn.Conv1d(4, 5, 3, stride=2, dilation=2),
-                          nn.Flatten(), nn.LazyLinear(6))
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 3, padding=1, dilation=1),
+        nn.ReLU(),
+        nn.Conv1d(4, 5, 3, stride=2, dilation=2),
+        nn.Flatten(),
+        nn.LazyLinear(6),
+    )
     x = torch.randn(8, 3, 11)
     model(x)
     model = model.double()

@@ -7,7 +7,12 @@ import torch
 
 from kfac_tutorial import plots
 from kfac_tutorial.experiments import (
-    METHODS, get_profile, load_tasks, read_results, run_experiment, toy_task,
+    METHODS,
+    get_profile,
+    load_tasks,
+    read_results,
+    run_experiment,
+    toy_task,
 )
 from kfac_tutorial.experiments import harness
 from kfac_tutorial.experiments.__main__ import main
@@ -39,13 +44,14 @@ def _strip_timing(results):
 
 def test_a_seeded_tiny_run_is_reproducible_bit_for_bit():
     profile = get_profile("cnn", "test")
-    runs = [run_experiment("cnn", load_tasks(TASKS, profile, seed=3), ["finetune", "ewc", "kfac"],
-                           profile, seed=3, progress=False) for _ in range(2)]
+    runs = [
+        run_experiment("cnn", load_tasks(TASKS, profile, seed=3), ["finetune", "ewc", "kfac"], profile, seed=3, progress=False)
+        for _ in range(2)
+    ]
     assert _strip_timing(runs[0]) == _strip_timing(runs[1])
     assert runs[0]["methods"]["kfac"]["parameter_sha1"] == runs[1]["methods"]["kfac"]["parameter_sha1"]
     # and a different seed gives a different run
-    other = run_experiment("cnn", load_tasks(TASKS, profile, seed=4), ["finetune"], profile,
-                           seed=4, progress=False)
+    other = run_experiment("cnn", load_tasks(TASKS, profile, seed=4), ["finetune"], profile, seed=4, progress=False)
     assert other["methods"]["finetune"]["parameter_sha1"] != runs[0]["methods"]["finetune"]["parameter_sha1"]
 
 
@@ -76,8 +82,23 @@ def _check_schema(res, methods, tasks):
 
 def test_cli_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "res" / "results.json"
-    rc = main(["--model", "cnn", "--methods", "finetune,ewc,kfac", "--tasks", "toy-a,toy-b,toy-c",
-               "--profile", "test", "--seed", "0", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "--model",
+            "cnn",
+            "--methods",
+            "finetune,ewc,kfac",
+            "--tasks",
+            "toy-a,toy-b,toy-c",
+            "--profile",
+            "test",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = read_results(out)
     assert res["model"] == "cnn" and res["profile"] == "test" and res["seed"] == 0
@@ -88,8 +109,26 @@ def test_cli_writes_the_documented_json(tmp_path, capsys):
 
 def test_cli_lambda_option_replaces_a_family_grid(tmp_path, capsys):
     out = tmp_path / "one-lambda.json"
-    assert main(["--model", "cnn", "--methods", "kfac,kfac_online", "--tasks", "toy-a,toy-b", "--profile", "test",
-                 "--lambda", "kfac=3.5", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "cnn",
+                "--methods",
+                "kfac,kfac_online",
+                "--tasks",
+                "toy-a,toy-b",
+                "--profile",
+                "test",
+                "--lambda",
+                "kfac=3.5",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = read_results(out)
     assert {m["lambda"] for m in res["methods"].values()} == {3.5}  # online variants share the family grid
     assert len(res["methods"]["kfac"]["lambda_sweep"]) == 1
@@ -100,15 +139,32 @@ def test_cli_lambda_option_replaces_a_family_grid(tmp_path, capsys):
 
 def test_bert_linker_runs_through_the_harness_too(tmp_path):
     out = tmp_path / "bert.json"
-    assert main(["--model", "bert", "--methods", "finetune,kfac_online,joint", "--tasks",
-                 "toy-a,toy-b", "--profile", "test", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "bert",
+                "--methods",
+                "finetune,kfac_online,joint",
+                "--tasks",
+                "toy-a,toy-b",
+                "--profile",
+                "test",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     _check_schema(read_results(out), ["finetune", "kfac_online", "joint"], TASKS)
 
 
 def test_per_task_setting_and_online_methods():
     profile = get_profile("cnn", "test")
-    res = run_experiment("cnn", load_tasks(TASKS, profile), ["finetune", "ewc_online", "joint"],
-                         profile, setting="per_task", progress=False)
+    res = run_experiment(
+        "cnn", load_tasks(TASKS, profile), ["finetune", "ewc_online", "joint"], profile, setting="per_task", progress=False
+    )
     assert res["setting"] == "per_task"
     _check_schema(res, ["finetune", "ewc_online", "joint"], TASKS)
 
@@ -137,8 +193,16 @@ def test_nan_loss_names_method_task_and_step():
     linker.begin_task(list(task.concepts))
     batches = linking_batches(linker, task.train, batch_size=4)
     with pytest.raises(NonFiniteLossError, match="'kfac'.*'toy-a'.*step 0"):
-        train(linker, batches, epochs=1, lr=1e-3, lam=1.0, method="kfac", task="toy-a",
-              penalty=lambda model: torch.tensor(float("nan")))
+        train(
+            linker,
+            batches,
+            epochs=1,
+            lr=1e-3,
+            lam=1.0,
+            method="kfac",
+            task="toy-a",
+            penalty=lambda model: torch.tensor(float("nan")),
+        )
 
 
 def test_a_nan_stops_the_run_but_keeps_finished_methods(tmp_path, monkeypatch):
@@ -152,8 +216,7 @@ def test_a_nan_stops_the_run_but_keeps_finished_methods(tmp_path, monkeypatch):
     monkeypatch.setattr(harness._Sequence, "fit_curvature", lambda self, family, t: Poison())
     out = tmp_path / "r.json"
     with pytest.raises(NonFiniteLossError, match="'ewc'.*'toy-b'"):
-        main(["--methods", "finetune,ewc", "--tasks", "toy-a,toy-b", "--profile", "test",
-              "--out", str(out), "--no-progress"])
+        main(["--methods", "finetune,ewc", "--tasks", "toy-a,toy-b", "--profile", "test", "--out", str(out), "--no-progress"])
     assert list(read_results(out)["methods"]) == ["finetune"]
 
 
@@ -162,13 +225,17 @@ def test_plots_draw_every_figure_from_the_json(tmp_path):
 
     matplotlib.use("Agg")
     out = tmp_path / "r.json"
-    main(["--methods", "finetune,ewc,kfac", "--tasks", "toy-a,toy-b", "--profile", "test",
-          "--out", str(out), "--no-progress"])
+    main(["--methods", "finetune,ewc,kfac", "--tasks", "toy-a,toy-b", "--profile", "test", "--out", str(out), "--no-progress"])
     res = read_results(out)
-    for fig in (plots.accuracy_heatmaps(res), plots.forgetting_bars(res),
-                plots.accuracy_over_time(res), plots.lambda_tradeoff(res),
-                plots.lambda_tradeoff(res, split="test", mark_plasticity=0.5),
-                plots.lambda_curves(res), plots.lambda_curves(res, split="dev")):
+    for fig in (
+        plots.accuracy_heatmaps(res),
+        plots.forgetting_bars(res),
+        plots.accuracy_over_time(res),
+        plots.lambda_tradeoff(res),
+        plots.lambda_tradeoff(res, split="test", mark_plasticity=0.5),
+        plots.lambda_curves(res),
+        plots.lambda_curves(res, split="dev"),
+    ):
         assert fig.axes and all(ax.get_title() or ax.get_xlabel() for ax in fig.axes[:1])
         matplotlib.pyplot.close(fig)
 
@@ -177,8 +244,7 @@ def test_tables_summarise_methods_and_sweeps(tmp_path):
     from kfac_tutorial.experiments import methods_table, sweep_table
 
     out = tmp_path / "r.json"
-    main(["--methods", "kfac,finetune", "--tasks", "toy-a,toy-b", "--profile", "test",
-          "--out", str(out), "--no-progress"])
+    main(["--methods", "kfac,finetune", "--tasks", "toy-a,toy-b", "--profile", "test", "--out", str(out), "--no-progress"])
     res = read_results(out)
     table = methods_table(res)
     assert list(table.index) == ["finetune", "kfac"]
@@ -203,8 +269,7 @@ def test_run_or_load_caches_by_every_input(tmp_path, monkeypatch):
     from kfac_tutorial.experiments import cache_key, run_or_load
 
     profile = get_profile("cnn", "test")
-    first = run_or_load("cnn", TASKS, ["finetune"], profile, seed=1, cache_dir=tmp_path,
-                        progress=False)
+    first = run_or_load("cnn", TASKS, ["finetune"], profile, seed=1, cache_dir=tmp_path, progress=False)
     assert first["cached"] is False and len(list(tmp_path.glob("*.json"))) == 1
 
     def boom(*a, **k):
@@ -214,10 +279,10 @@ def test_run_or_load_caches_by_every_input(tmp_path, monkeypatch):
     again = run_or_load("cnn", TASKS, ["finetune"], profile, seed=1, cache_dir=tmp_path)
     assert again["cached"] is True
     assert again["methods"]["finetune"]["accuracy_matrix"] == first["methods"]["finetune"]["accuracy_matrix"]
-    assert cache_key("cnn", TASKS, ["finetune"], profile, seed=1) != cache_key(
-        "cnn", TASKS, ["finetune"], profile, seed=2)
+    assert cache_key("cnn", TASKS, ["finetune"], profile, seed=1) != cache_key("cnn", TASKS, ["finetune"], profile, seed=2)
     assert cache_key("cnn", TASKS, ["finetune"], profile) != cache_key(
-        "cnn", TASKS, ["finetune"], profile.with_overrides(epochs=profile.epochs + 1))
+        "cnn", TASKS, ["finetune"], profile.with_overrides(epochs=profile.epochs + 1)
+    )
     monkeypatch.delenv("KFAC_RESULTS_CACHE", raising=False)
     with pytest.raises(AssertionError, match="trained again"):
         run_or_load("cnn", TASKS, ["finetune"], profile, seed=1)  # no cache: runs
@@ -230,9 +295,14 @@ def test_compare_variants_one_row_per_variant_and_method(tmp_path, monkeypatch):
 
     monkeypatch.setenv("KFAC_RESULTS_CACHE", str(tmp_path))
     profile = get_profile("cnn", "test")
-    table, runs = compare_variants("cnn", TASKS, ["finetune", "kfac"], profile, {
-        "default": {}, "exact": {"fisher": "exact"}, "reversed": {"tasks": TASKS[::-1]}},
-        progress=False)
+    table, runs = compare_variants(
+        "cnn",
+        TASKS,
+        ["finetune", "kfac"],
+        profile,
+        {"default": {}, "exact": {"fisher": "exact"}, "reversed": {"tasks": TASKS[::-1]}},
+        progress=False,
+    )
     assert list(table["variant"]) == ["default", "default", "exact", "exact", "reversed", "reversed"]
     assert runs["exact"]["config"]["fisher"] == "exact"
     assert runs["default"]["config"]["fisher"] == profile.fisher
@@ -246,10 +316,13 @@ def test_compare_variants_one_row_per_variant_and_method(tmp_path, monkeypatch):
 def test_variant_bars_draws_one_group_per_variant():
     import pandas as pd
 
-    table = pd.DataFrame([
-        {"variant": v, "method": m, "forgetting_reduction": r, "plasticity": 0.7,
-         "final_avg_accuracy": 0.6}
-        for v, r in (("a", 0.5), ("b", 0.8)) for m in ("finetune", "kfac")])
+    table = pd.DataFrame(
+        [
+            {"variant": v, "method": m, "forgetting_reduction": r, "plasticity": 0.7, "final_avg_accuracy": 0.6}
+            for v, r in (("a", 0.5), ("b", 0.8))
+            for m in ("finetune", "kfac")
+        ]
+    )
     fig = plots.variant_bars(table, title="t")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
@@ -264,8 +337,23 @@ def seeded(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = main(["--model", "cnn", "--methods", "finetune,ewc,kfac,l2,frozen", "--tasks", "toy-a,toy-b",
-                   "--profile", "test", "--seeds", "0,1", "--out", str(out), "--no-progress"])
+        rc = main(
+            [
+                "--model",
+                "cnn",
+                "--methods",
+                "finetune,ewc,kfac,l2,frozen",
+                "--tasks",
+                "toy-a,toy-b",
+                "--profile",
+                "test",
+                "--seeds",
+                "0,1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     finally:
         torch.set_num_threads(n)
     assert rc == 0
@@ -286,8 +374,14 @@ def test_cli_seeds_write_intervals_and_verdicts(seeded, tmp_path, capsys):
         per_seed = [s["avg_forgetting"] for s in m["seeds"]]
         assert m["mean"]["avg_forgetting"] == pytest.approx(sum(per_seed) / 2)
     kfac_ewc = [c for c in res["comparisons"] if (c["a"], c["b"]) == ("kfac", "ewc")]
-    assert {c["metric"] for c in kfac_ewc} == {"avg_forgetting", "forgetting_reduction", "plasticity",
-                                                "final_avg_accuracy", "forgetting_encoder", "forgetting_table"}
+    assert {c["metric"] for c in kfac_ewc} == {
+        "avg_forgetting",
+        "forgetting_reduction",
+        "plasticity",
+        "final_avg_accuracy",
+        "forgetting_encoder",
+        "forgetting_table",
+    }
     for c in res["comparisons"]:
         lo, hi = c["ci95"]
         assert (c["verdict"] == "tie") == (lo is None or lo <= 0 <= hi)
@@ -298,8 +392,26 @@ def test_cli_seeds_write_intervals_and_verdicts(seeded, tmp_path, capsys):
 
 def test_bert_with_seeds(tmp_path):
     out = tmp_path / "bert.json"
-    assert main(["--model", "bert", "--methods", "finetune,kfac,frozen", "--tasks", "toy-a,toy-b",
-                 "--profile", "test", "--seeds", "0,1", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "bert",
+                "--methods",
+                "finetune,kfac,frozen",
+                "--tasks",
+                "toy-a,toy-b",
+                "--profile",
+                "test",
+                "--seeds",
+                "0,1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = read_results(out)
     _check_schema(res, ["finetune", "kfac", "frozen"], TASKS)
     assert len(res["methods"]["kfac"]["seeds"]) == 2 and res["comparisons"]
@@ -377,7 +489,8 @@ def test_a_recorded_seed_is_reproduced_live_and_runs_merge(seeded, monkeypatch):
     assert merged["seeds"] == [0, 1] and list(merged["methods"]) == ["finetune", "kfac", "frozen"]
     assert merged["methods"]["frozen"]["seeds"][1] == seeded["methods"]["frozen"]["seeds"][1]
     assert merged["methods"]["frozen"]["mean"]["forgetting_reduction"] == pytest.approx(
-        seeded["methods"]["frozen"]["mean"]["forgetting_reduction"])  # reductions against each seed's finetune
+        seeded["methods"]["frozen"]["mean"]["forgetting_reduction"]
+    )  # reductions against each seed's finetune
     live, check = reproduce_recorded(merged, ["finetune", "kfac", "frozen"], profile, seed=1, progress=False)
     assert check["reproduced"] and check["max_mentions"] == {"finetune": 0, "kfac": 0, "frozen": 0}
     assert [s["lambda"] for s in live["methods"]["kfac"]["sweep"]] == [merged["methods"]["kfac"]["seeds"][1]["lambda"]]
@@ -394,8 +507,12 @@ def test_chapter_settings_check_the_parameters_in_one_call():
 
     s = chapter_settings("cnn", "cpu", "diseases,drugs", None, "3")
     assert s.tasks == ["diseases", "drugs"] and s.seed == 3 and s.profile.name == "cpu"
-    for kwargs, msg in ((dict(profile="gpu"), "PROFILE"), (dict(tasks="diseases,genes"), "genes"),
-                        (dict(tasks="diseases"), "two distinct"), (dict(methods="ewc,kfac"), "finetune")):
+    for kwargs, msg in (
+        (dict(profile="gpu"), "PROFILE"),
+        (dict(tasks="diseases,genes"), "genes"),
+        (dict(tasks="diseases"), "two distinct"),
+        (dict(methods="ewc,kfac"), "finetune"),
+    ):
         args = {"profile": "cpu", "tasks": None, "methods": None, **kwargs}
         with pytest.raises(ValueError, match=msg):
             chapter_settings("cnn", args["profile"], args["tasks"], args["methods"])
@@ -407,12 +524,15 @@ def test_multi_seed_figures_and_tables(seeded):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kfac_tutorial.experiments import (comparisons_table, evidence_table, frontier_sentence, frontier_table,
-                                           verdict_sentence)
+    from kfac_tutorial.experiments import comparisons_table, evidence_table, frontier_sentence, frontier_table, verdict_sentence
 
     res = seeded
-    for fig in (plots.frontier_bands(res, n_boot=30), plots.interval_bars(res), plots.forgetting_split_bars(res),
-                plots.final_accuracy_over_lambda(res)):
+    for fig in (
+        plots.frontier_bands(res, n_boot=30),
+        plots.interval_bars(res),
+        plots.forgetting_split_bars(res),
+        plots.final_accuracy_over_lambda(res),
+    ):
         assert fig.axes
         plt.close(fig)
     table = evidence_table(res)
@@ -430,15 +550,20 @@ def test_variants_over_seeds_pairs_each_seed_and_reproduces_one(monkeypatch):
     """The flavour ablation with seeds: fine-tuning is shared by the variants of a seed,
     every comparison's verdict follows its interval, the record is JSON, and one seed of
     one variant re-run live at its chosen λ gives the recorded accuracies exactly."""
-    from kfac_tutorial.experiments import (FISHER_FLAVOURS, reproduce_variant, variants_as_results,
-                                           variants_over_seeds, variants_table, verdict_sentence)
+    from kfac_tutorial.experiments import (
+        FISHER_FLAVOURS,
+        reproduce_variant,
+        variants_as_results,
+        variants_over_seeds,
+        variants_table,
+        verdict_sentence,
+    )
     from kfac_tutorial.statistics import verdict
 
     monkeypatch.delenv("KFAC_RESULTS_CACHE", raising=False)
     profile = get_profile("cnn", "test").with_overrides(epochs=2)
     variants = {k: FISHER_FLAVOURS[k] for k in ("mc, 1 sample", "empirical")}
-    ab = variants_over_seeds("cnn", TASKS, profile, variants, [0, 1], reference="mc, 1 sample",
-                             n_boot=200, progress=False)
+    ab = variants_over_seeds("cnn", TASKS, profile, variants, [0, 1], reference="mc, 1 sample", n_boot=200, progress=False)
     ab = json.loads(json.dumps(ab))
     assert ab["finetune_shared"] and ab["seeds"] == [0, 1] and ab["torch_threads"] == 1
     assert [c["a"] for c in ab["comparisons"]] == ["kfac (empirical)"] * len(ab["comparisons"])

@@ -107,11 +107,14 @@ class Attention(nn.Module):
         return self.out(self.attn(h, h, h, need_weights=False)[0].mean(1))
 
 
-@pytest.mark.parametrize("model_cls, names, reason", [
-    (FunctionalHead, ["'proj'"], "used outside its forward call"),
-    (Grouped, ["'conv'"], "grouped convolution (groups=2)"),
-    (Attention, ["'attn'", "'attn.out_proj'"], "add_bias_kv=True"),
-])
+@pytest.mark.parametrize(
+    "model_cls, names, reason",
+    [
+        (FunctionalHead, ["'proj'"], "used outside its forward call"),
+        (Grouped, ["'conv'"], "grouped convolution (groups=2)"),
+        (Attention, ["'attn'", "'attn.out_proj'"], "add_bias_kv=True"),
+    ],
+)
 def test_fallback_is_named_in_one_warning_and_strict_raises(model_cls, names, reason):
     torch.manual_seed(0)
     model = model_cls()

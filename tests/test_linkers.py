@@ -4,16 +4,22 @@ import pytest
 import torch
 
 from kfac_tutorial.linkers import (
-    MASKED_LOGIT, BiEncoderLinker, CharTokenizer, ConceptInventory, GrowingTableLinker,
-    bert_linker, cnn_linker,
+    MASKED_LOGIT,
+    BiEncoderLinker,
+    CharTokenizer,
+    ConceptInventory,
+    GrowingTableLinker,
+    bert_linker,
+    cnn_linker,
 )
 
 INV = ConceptInventory(
     ["D1", "D2", "D3", "X1", "X2"],
     ["asthma", "gout", "fever", "aspirin", "ibuprofen"],
 )
-TINY_BERT = dict(pretrained=False, config_overrides=dict(
-    num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64))
+TINY_BERT = dict(
+    pretrained=False, config_overrides=dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+)
 
 
 def test_char_tokenizer_pads_masks_and_lowercases():
@@ -30,6 +36,7 @@ def test_inventory_union_keeps_task_order_and_first_name():
     class T:
         def __init__(self, concepts):
             self.concepts = concepts
+
     inv = ConceptInventory.union([T({"a": "A", "b": "B"}), T({"b": "B2", "c": "C"})])
     assert inv.ids == ["a", "b", "c"] and inv.names == ["A", "B", "C"]
     with pytest.raises(ValueError):

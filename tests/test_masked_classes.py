@@ -44,8 +44,7 @@ def test_exact_fisher_with_masked_classes_equals_brute_force():
     approx = kfac.to_dense(model)
     for layer in ("net.0", "net.2"):  # one example: each KFAC block is the exact block
         names = module_param_names(model, layer)
-        torch.testing.assert_close(block(approx, model, names), block(one, model, names),
-                                   rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(block(approx, model, names), block(one, model, names), rtol=1e-9, atol=1e-12)
 
 
 class MaskedExtraClasses(nn.Module):
@@ -77,5 +76,4 @@ def test_masked_classes_for_every_layer_case_equal_brute_force(case):
     kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
     assert "net.layer" in kfac.factors
     one, names = fisher_dense(model, batches, fisher="exact"), module_param_names(model, "net.layer")
-    torch.testing.assert_close(block(kfac.to_dense(model), model, names), block(one, model, names),
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(block(kfac.to_dense(model), model, names), block(one, model, names), rtol=1e-9, atol=1e-12)

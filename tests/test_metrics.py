@@ -87,14 +87,14 @@ def test_accuracy_at_k_counts_ties_against_the_target():
     logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
     targets = torch.tensor([0, 1, 2])
     acc = metrics.accuracy_at_k(logits, targets, ks=(1, 2, 3))
-    assert acc[1] == pytest.approx(1 / 3)   # only row 0
-    assert acc[2] == pytest.approx(2 / 3)   # rows 0, 1 (row 2 ties: rank 2)
+    assert acc[1] == pytest.approx(1 / 3)  # only row 0
+    assert acc[2] == pytest.approx(2 / 3)  # rows 0, 1 (row 2 ties: rank 2)
     assert acc[3] == pytest.approx(1.0)
 
 
 def test_forgetting_at_plasticity_interpolates_along_the_sweep():
     # three λ: plasticity falls 0.9 → 0.8 → 0.6 as forgetting falls 0.5 → 0.3 → 0.1
-    plast, forg = [0.6, 0.9, 0.8], [0.1, 0.5, 0.3]   # any order
+    plast, forg = [0.6, 0.9, 0.8], [0.1, 0.5, 0.3]  # any order
     assert metrics.forgetting_at_plasticity(plast, forg, 0.8) == pytest.approx(0.3)
     assert metrics.forgetting_at_plasticity(plast, forg, 0.85) == pytest.approx(0.4)
     assert metrics.forgetting_at_plasticity(plast, forg, 0.7) == pytest.approx(0.2)
@@ -113,13 +113,12 @@ def test_forgetting_at_plasticity_averages_ties_and_skips_missing_points():
 
 def test_sweep_tradeoff_reads_a_results_dict_and_adds_finetuning_as_lambda_zero():
     sweep = [
-        {"lambda": 100.0, "test_plasticity": 0.6, "test_avg_forgetting": 0.1,
-         "dev_plasticity": 0.65, "dev_avg_forgetting": 0.15},
-        {"lambda": 1.0, "test_plasticity": 0.8, "test_avg_forgetting": 0.3,
-         "dev_plasticity": 0.85, "dev_avg_forgetting": 0.35},
+        {"lambda": 100.0, "test_plasticity": 0.6, "test_avg_forgetting": 0.1, "dev_plasticity": 0.65, "dev_avg_forgetting": 0.15},
+        {"lambda": 1.0, "test_plasticity": 0.8, "test_avg_forgetting": 0.3, "dev_plasticity": 0.85, "dev_avg_forgetting": 0.35},
     ]
-    results = {"methods": {"finetune": {"accuracy_matrix": R_FINETUNE, "dev_accuracy_matrix": R},
-                           "kfac": {"lambda_sweep": sweep}}}
+    results = {
+        "methods": {"finetune": {"accuracy_matrix": R_FINETUNE, "dev_accuracy_matrix": R}, "kfac": {"lambda_sweep": sweep}}
+    }
     lams, plast, forg = metrics.sweep_tradeoff(results, "kfac")
     np.testing.assert_allclose(lams, [0.0, 1.0, 100.0])
     np.testing.assert_allclose(plast, [(0.70 + 0.90 + 0.95) / 3, 0.8, 0.6])
@@ -133,15 +132,19 @@ def test_sweep_tradeoff_reads_a_results_dict_and_adds_finetuning_as_lambda_zero(
 
 def test_matched_plasticity_reads_each_method_at_the_others_chosen_plasticity():
     def sweep(points):
-        return [{"lambda": lam, "test_plasticity": p, "test_avg_forgetting": f,
-                 "dev_plasticity": p, "dev_avg_forgetting": f} for lam, p, f in points]
+        return [
+            {"lambda": lam, "test_plasticity": p, "test_avg_forgetting": f, "dev_plasticity": p, "dev_avg_forgetting": f}
+            for lam, p, f in points
+        ]
 
     # fine-tuning: plasticity 0.85, forgetting 0.65 (R_FINETUNE)
-    results = {"methods": {
-        "finetune": {"accuracy_matrix": R_FINETUNE, "dev_accuracy_matrix": R_FINETUNE},
-        "ewc": {"lambda": 10.0, "lambda_sweep": sweep([(1.0, 0.80, 0.40), (10.0, 0.60, 0.20)])},
-        "kfac": {"lambda": 1.0, "lambda_sweep": sweep([(1.0, 0.75, 0.15), (10.0, 0.55, 0.05)])},
-    }}
+    results = {
+        "methods": {
+            "finetune": {"accuracy_matrix": R_FINETUNE, "dev_accuracy_matrix": R_FINETUNE},
+            "ewc": {"lambda": 10.0, "lambda_sweep": sweep([(1.0, 0.80, 0.40), (10.0, 0.60, 0.20)])},
+            "kfac": {"lambda": 1.0, "lambda_sweep": sweep([(1.0, 0.75, 0.15), (10.0, 0.55, 0.05)])},
+        }
+    }
     rows = metrics.matched_plasticity(results, ("ewc", "kfac"))
     at_ewc, at_kfac = rows
     assert at_ewc["matched to"] == "ewc" and at_ewc["plasticity"] == pytest.approx(0.60)
@@ -160,8 +163,7 @@ def test_split_matrix_reads_a_results_entry_with_unseen_tasks_as_nan():
 
     from kfac_tutorial.metrics import split_matrix
 
-    entry = {"accuracy_matrix": [[0.9, None], [0.5, 0.8]],
-             "dev_accuracy_matrix": [[0.7, None], [0.6, 0.9]]}
+    entry = {"accuracy_matrix": [[0.9, None], [0.5, 0.8]], "dev_accuracy_matrix": [[0.7, None], [0.6, 0.9]]}
     R = split_matrix(entry)
     assert R.dtype == float and np.isnan(R[0, 1]) and R[1, 0] == 0.5
     assert split_matrix(entry, "dev")[1, 1] == 0.9

@@ -32,18 +32,17 @@ RTOL, ATOL = 1e-8, 1e-12
 
 def _close(a, b):
     torch.testing.assert_close(
-        torch.as_tensor(a).to(torch.float64), torch.as_tensor(b).to(torch.float64),
-        rtol=RTOL, atol=ATOL,
+        torch.as_tensor(a).to(torch.float64),
+        torch.as_tensor(b).to(torch.float64),
+        rtol=RTOL,
+        atol=ATOL,
     )
 
 
 def _grad_flat(model, value):
     params = list(O.trainable(model).values())
     grads = torch.autograd.grad(value, params, allow_unused=True)
-    return torch.cat([
-        (g if g is not None else torch.zeros_like(p)).reshape(-1)
-        for g, p in zip(grads, params)
-    ])
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
 
 
 FITS = {
@@ -158,7 +157,8 @@ def _two_tasks(cls_a, cls_b, make=TASKS["mlp"]):
 
 
 @pytest.mark.parametrize(
-    "cls_a,cls_b", [(kt.EWC, kt.EWC), (kt.KFAC, kt.KFAC), (kt.EWC, kt.KFAC), (kt.KFAC, kt.EWC)],
+    "cls_a,cls_b",
+    [(kt.EWC, kt.EWC), (kt.KFAC, kt.KFAC), (kt.EWC, kt.KFAC), (kt.KFAC, kt.EWC)],
     ids=["ewc+ewc", "kfac+kfac", "ewc+kfac", "kfac+ewc"],
 )
 @pytest.mark.parametrize("make", TASKS.values(), ids=TASKS.keys())
@@ -199,9 +199,7 @@ def test_ewc_merge_is_gamma_old_plus_new_with_the_new_anchor(gamma, make):
     for n in O.trainable(model):
         _close(merged.diagonal[n], gamma * old.diagonal[n] + new.diagonal[n])
         assert torch.equal(merged.anchor[n], new.anchor[n]), n
-    delta = O.flat_params(model) - torch.cat(
-        [new.anchor[n].double().reshape(-1) for n in O.trainable(model)]
-    )
+    delta = O.flat_params(model) - torch.cat([new.anchor[n].double().reshape(-1) for n in O.trainable(model)])
     dense = gamma * old.to_dense(model) + new.to_dense(model)
     _close(merged.to_dense(model), dense)
     _close(merged.penalty(model), 0.5 * delta @ dense @ delta)

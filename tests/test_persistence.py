@@ -29,9 +29,7 @@ CASES = {
     "kfac_mlp": (lambda: M.mlp(n=4), kt.KFAC, {}),
     "ewc_embedding_layernorm": (M.masked_pool_classifier, kt.EWC, {}),
     "kfac_embedding_layernorm": (M.masked_pool_classifier, kt.KFAC, {"damping": 0.1}),
-    "kfac_conv1d_diagonal_modules": (
-        M.conv_classifier, kt.KFAC, {"diagonal_modules": ("head",), "weight_sharing": "expand"}
-    ),
+    "kfac_conv1d_diagonal_modules": (M.conv_classifier, kt.KFAC, {"diagonal_modules": ("head",), "weight_sharing": "expand"}),
     **case_fits(prefix="case_"),  # every layer type of tests/cases.py, EWC and KFAC
 }
 
@@ -71,6 +69,7 @@ def test_saved_file_is_safetensors_with_json_metadata_not_a_pickle(tmp_path, mak
     assert tensors and all({"dtype", "shape", "data_offsets"} <= set(v) for v in tensors.values())
     # loadable by the reference reader
     from safetensors.torch import load_file
+
     assert set(load_file(str(path))) == set(tensors)
 
 
@@ -110,9 +109,7 @@ def test_load_refuses_a_parameter_of_the_wrong_shape_naming_it_and_both_shapes(t
     other, _ = M.mlp(n=3, dims=(4, 6, 5, 3))
     other[0].weight = torch.nn.Parameter(torch.zeros(7, 4, dtype=torch.float64))
     # only "0.weight" differs: (7, 4) in the model, (6, 4) in the file
-    _expect_refusal(
-        lambda: cls.load(path, other), "0.weight", _shape_strings(6, 4), _shape_strings(7, 4)
-    )
+    _expect_refusal(lambda: cls.load(path, other), "0.weight", _shape_strings(6, 4), _shape_strings(7, 4))
 
 
 @pytest.mark.parametrize("cls", [kt.EWC, kt.KFAC])
@@ -181,9 +178,7 @@ def test_load_refuses_a_safetensors_file_without_our_metadata(tmp_path):
         kt.EWC.load(path, model)
 
 
-def test_a_save_that_fails_midway_keeps_the_previous_file_and_leaves_no_temp_files(
-    tmp_path, monkeypatch
-):
+def test_a_save_that_fails_midway_keeps_the_previous_file_and_leaves_no_temp_files(tmp_path, monkeypatch):
     """Simulated crash: the safetensors writer writes half a file, then raises."""
     import safetensors.torch as st
 

@@ -31,21 +31,22 @@ def document(pmid: str, title: str, abstract: str, annotations) -> str:
 
 
 # BC5CDR-like: composite with part texts, relation line, -1, chemical + disease.
-DOC_A = document(
-    "1001",
-    "Breast and ovarian cancer after tamoxifen.",
-    "Melanoma and breast and ovarian cancer were seen; the melanoma was excised. "
-    "Toxicity was unlinked.",
-    [
-        ("Breast and ovarian cancer", "Disease", "D001943|D010051",
-         "Breast cancer|ovarian cancer"),
-        ("tamoxifen", "Chemical", "D013629"),
-        ("Melanoma", "Disease", "MESH:D008545"),
-        ("breast and ovarian cancer", "Disease", "D001943|D010051"),
-        ("melanoma", "Disease", "D008545"),
-        ("Toxicity", "Disease", "-1"),
-    ],
-) + "1001\tCID\tD013629\tD001943\n"
+DOC_A = (
+    document(
+        "1001",
+        "Breast and ovarian cancer after tamoxifen.",
+        "Melanoma and breast and ovarian cancer were seen; the melanoma was excised. Toxicity was unlinked.",
+        [
+            ("Breast and ovarian cancer", "Disease", "D001943|D010051", "Breast cancer|ovarian cancer"),
+            ("tamoxifen", "Chemical", "D013629"),
+            ("Melanoma", "Disease", "MESH:D008545"),
+            ("breast and ovarian cancer", "Disease", "D001943|D010051"),
+            ("melanoma", "Disease", "D008545"),
+            ("Toxicity", "Disease", "-1"),
+        ],
+    )
+    + "1001\tCID\tD013629\tD001943\n"
+)
 # NCBI-disease-like: OMIM ids, "+" composite without parts.
 DOC_B = document(
     "1002",
@@ -89,8 +90,7 @@ def split_files(tmp_path):
 
 
 def test_composite_mention_with_part_texts_becomes_one_example_per_part(tmp_path):
-    task = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0,
-                         test_fraction=0)
+    task = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0, test_fraction=0)
     assert ("Breast cancer", "D001943") in task.train
     assert ("ovarian cancer", "D010051") in task.train
     assert task.stats["composite_split"] == 1
@@ -113,8 +113,7 @@ def test_multiple_ids_follow_the_multi_id_policy(tmp_path):
 
 
 def test_minus_one_ids_are_skipped_and_counted(tmp_path):
-    task = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0,
-                         test_fraction=0)
+    task = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0, test_fraction=0)
     assert "Toxicity" not in {m for m, _ in task.train}
     assert "-1" not in task.concepts
     assert task.stats["minus_one_ids_skipped"] == 1
@@ -142,20 +141,17 @@ def test_separate_split_files_give_a_document_level_split(split_files):
     assert {c.pmid for c in task.contexts["train"]} == {"1001", "1003"}
     assert {c.pmid for c in task.contexts["dev"]} == {"1002"}
     assert {c.pmid for c in task.contexts["test"]} == {"1004"}
-    assert (task.stats["documents_train"], task.stats["documents_dev"],
-            task.stats["documents_test"]) == (2, 1, 1)
+    assert (task.stats["documents_train"], task.stats["documents_dev"], task.stats["documents_test"]) == (2, 1, 1)
 
 
 def test_a_pmid_in_two_split_files_is_an_error(tmp_path):
-    files = {"train": write(tmp_path / "t.txt", DOC_A),
-             "test": write(tmp_path / "s.txt", DOC_A)}
+    files = {"train": write(tmp_path / "t.txt", DOC_A), "test": write(tmp_path / "s.txt", DOC_A)}
     with pytest.raises(ValueError, match="1001"):
         load_pubtator(files)
 
 
 def test_pmid_list_files_split_a_single_corpus(tmp_path):
-    corpus = write(tmp_path / "corpus_pubtator.txt",
-                   DOC_A + "\n" + DOC_B + "\n" + DOC_C)
+    corpus = write(tmp_path / "corpus_pubtator.txt", DOC_A + "\n" + DOC_B + "\n" + DOC_C)
     pmids = {
         "train": write(tmp_path / "corpus_pubtator_pmids_trng.txt", "1001\n1003\n"),
         "dev": write(tmp_path / "corpus_pubtator_pmids_dev.txt", "\n"),
@@ -208,23 +204,21 @@ def test_contexts_are_parallel_to_examples_and_point_at_the_span(split_files):
     docs = {d.pmid: d for d in read_pubtator(split_files["train"])}
     for (mention, _), ctx in zip(task.train, task.contexts["train"]):
         text = docs[ctx.pmid].text
-        assert text[ctx.start:ctx.end] == ctx.text
+        assert text[ctx.start : ctx.end] == ctx.text
         # a composite's part ("Breast cancer") takes its words from the whole span
         assert set(mention.lower().split()) <= set(ctx.text.lower().split())
-        assert ctx.left == text[max(0, ctx.start - 12):ctx.start]
-        assert ctx.right == text[ctx.end:ctx.end + 12]
+        assert ctx.left == text[max(0, ctx.start - 12) : ctx.start]
+        assert ctx.right == text[ctx.end : ctx.end + 12]
 
 
 def test_offset_mismatches_are_counted(tmp_path):
     bad = DOC_C.replace("1003\t0\t8\tMelanoma", "1003\t1\t9\tMelanoma")
-    task = load_pubtator(write(tmp_path / "bad.txt", bad), dev_fraction=0,
-                         test_fraction=0)
+    task = load_pubtator(write(tmp_path / "bad.txt", bad), dev_fraction=0, test_fraction=0)
     assert task.stats["offset_mismatches"] == 1
 
 
 def test_entity_types_filter_keeps_only_those_types(tmp_path):
-    task = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0,
-                         test_fraction=0, entity_types=["Chemical"])
+    task = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0, test_fraction=0, entity_types=["Chemical"])
     assert task.train == [("tamoxifen", "D013629")]
     assert task.stats["other_type_skipped"] == 5
 
@@ -232,28 +226,26 @@ def test_entity_types_filter_keeps_only_those_types(tmp_path):
 def test_mesh_names_come_from_the_vocabulary_only_when_train_mentions_confirm_them(
     tmp_path,
 ):
-    confirmed = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0,
-                              test_fraction=0)
+    confirmed = load_pubtator(write(tmp_path / "a.txt", DOC_A), dev_fraction=0, test_fraction=0)
     assert confirmed.concepts["D008545"] == "Melanoma"  # MeSH heading, not a mention
     # the same id with mentions that do not match the vocabulary's entry: the
     # vocabulary name is rejected and the most frequent mention names the concept
-    odd = document("2001", "Nevus X in DM.", "A nevus X and a nevus X again.",
-                   [("Nevus X", "Disease", "D008545"), ("nevus X", "Disease", "D008545"),
-                    ("nevus X", "Disease", "D008545")])
-    rejected = load_pubtator(write(tmp_path / "odd.txt", odd), dev_fraction=0,
-                             test_fraction=0)
+    odd = document(
+        "2001",
+        "Nevus X in DM.",
+        "A nevus X and a nevus X again.",
+        [("Nevus X", "Disease", "D008545"), ("nevus X", "Disease", "D008545"), ("nevus X", "Disease", "D008545")],
+    )
+    rejected = load_pubtator(write(tmp_path / "odd.txt", odd), dev_fraction=0, test_fraction=0)
     assert rejected.concepts["D008545"] == "nevus X"  # 2 of 3 mentions
     assert rejected.stats["vocabulary_names_rejected"] >= 1
 
 
-def test_unnamed_concepts_seen_only_in_test_are_dropped_unless_a_names_file_names_them(
-    split_files, tmp_path
-):
+def test_unnamed_concepts_seen_only_in_test_are_dropped_unless_a_names_file_names_them(split_files, tmp_path):
     task = load_pubtator(split_files)
     assert "OMIM:215600" not in task.concepts  # only in dev, no name, not in train
     assert task.stats["unnamed_concept_mentions_dropped"] >= 1
-    names = write(tmp_path / "names.tsv",
-                  "# CUI\tname\nOMIM:215600\tCopper toxicosis, Bedlington\n")
+    names = write(tmp_path / "names.tsv", "# CUI\tname\nOMIM:215600\tCopper toxicosis, Bedlington\n")
     named = load_pubtator(split_files, names=names)
     assert named.concepts["OMIM:215600"] == "Copper toxicosis, Bedlington"
     assert ("Copper toxicosis", "OMIM:215600") in named.dev
@@ -274,8 +266,7 @@ def test_seen_mentions_are_counted_and_can_be_excluded(split_files):
 
 def test_ambiguous_mention_strings_are_counted(tmp_path):
     # "DM" is myotonic dystrophy in one document and diabetes in another
-    task = load_pubtator(write(tmp_path / "x.txt", DOC_B + "\n" + DOC_C),
-                         dev_fraction=0, test_fraction=0)
+    task = load_pubtator(write(tmp_path / "x.txt", DOC_B + "\n" + DOC_C), dev_fraction=0, test_fraction=0)
     assert task.stats["ambiguous_strings"] >= 1
     assert task.stats["ambiguous_mentions"] >= 4
 
@@ -291,9 +282,7 @@ def test_ambiguous_mention_strings_are_counted(tmp_path):
         (DOC_A.replace("1001\t32\t41", "1001\t41\t32"), 4, "start <= end"),
     ],
 )
-def test_malformed_file_error_names_the_file_line_and_expectation(
-    tmp_path, text, line_no, expected
-):
+def test_malformed_file_error_names_the_file_line_and_expectation(tmp_path, text, line_no, expected):
     path = write(tmp_path / "broken_corpus.txt", text)
     with pytest.raises(PubTatorFormatError) as err:
         load_pubtator(path)

@@ -11,22 +11,61 @@ from kfac_tutorial.experiments import results as results_module
 
 BENCH = {
     "estimation": [
-        {"workload": "m", "variant": "all", "method": "plain fwd+bwd", "ok": True, "median_s": 2.0, "min_s": 1.9,
-         "peak_mib": 1.0, "over_plain_fwd_bwd": 1.0},
-        {"workload": "m", "variant": "all", "method": "ours KFAC", "ok": True, "median_s": 3.0, "min_s": 2.9,
-         "peak_mib": 5.0, "over_plain_fwd_bwd": 1.5},
+        {
+            "workload": "m",
+            "variant": "all",
+            "method": "plain fwd+bwd",
+            "ok": True,
+            "median_s": 2.0,
+            "min_s": 1.9,
+            "peak_mib": 1.0,
+            "over_plain_fwd_bwd": 1.0,
+        },
+        {
+            "workload": "m",
+            "variant": "all",
+            "method": "ours KFAC",
+            "ok": True,
+            "median_s": 3.0,
+            "min_s": 2.9,
+            "peak_mib": 5.0,
+            "over_plain_fwd_bwd": 1.5,
+        },
         {"workload": "m", "variant": "all", "method": "peer", "ok": False, "error": "NotImplementedError: no"},
         {"workload": "m", "method": "_notes", "layers": 2},
     ],
-    "step": {"workload": "m", "batch_size": 4, "fisher_examples": 8, "parameter_bytes": 100, "rows": [
-        {"variant": "plain", "median_s": 1.0, "min_s": 1.0, "over_plain": 1.0, "state_bytes": 0},
-        {"variant": "KFAC", "median_s": 2.0, "min_s": 2.0, "over_plain": 2.0, "state_bytes": 250,
-         "penalty_rel_error_after_training_steps": None}]},
-    "step_big": {"workload": "big", "batch_size": 2, "fisher_examples": 16, "parameter_bytes": 10, "rows": [
-        {"variant": "plain", "median_s": 1.0, "min_s": 1.0, "over_plain": 1.0, "state_bytes": 0,
-         "state_over_parameters": 0.0}]},
-    "state": {"m": {"fisher_examples": 8, "full": {"state_over_parameters": 2.5, "file_curvature_over_parameters": 1.3,
-                                                  "by_kind": {"linear": {"ratio": 2.0}}}}},
+    "step": {
+        "workload": "m",
+        "batch_size": 4,
+        "fisher_examples": 8,
+        "parameter_bytes": 100,
+        "rows": [
+            {"variant": "plain", "median_s": 1.0, "min_s": 1.0, "over_plain": 1.0, "state_bytes": 0},
+            {
+                "variant": "KFAC",
+                "median_s": 2.0,
+                "min_s": 2.0,
+                "over_plain": 2.0,
+                "state_bytes": 250,
+                "penalty_rel_error_after_training_steps": None,
+            },
+        ],
+    },
+    "step_big": {
+        "workload": "big",
+        "batch_size": 2,
+        "fisher_examples": 16,
+        "parameter_bytes": 10,
+        "rows": [
+            {"variant": "plain", "median_s": 1.0, "min_s": 1.0, "over_plain": 1.0, "state_bytes": 0, "state_over_parameters": 0.0}
+        ],
+    },
+    "state": {
+        "m": {
+            "fisher_examples": 8,
+            "full": {"state_over_parameters": 2.5, "file_curvature_over_parameters": 1.3, "by_kind": {"linear": {"ratio": 2.0}}},
+        }
+    },
     "growth": {"sequence_length": [{"length": 16, "fit_over_plain": 1.2}], "vocabulary": [], "tasks": [{"tasks": 1}]},
 }
 

@@ -19,11 +19,15 @@ def _hits(acc: float, n: int, rng) -> str:
 def _entry(R, n, rng, restored=None, sweep=None, lam=0.0):
     """A method entry from an accuracy matrix R (T x T, None above the diagonal)."""
     hits = [[None if v is None else _hits(v, n, rng) for v in row] for row in R]
-    e = {"test_hits": hits, "lambda": lam,
-         "test_hits_restored": None if restored is None else [_hits(v, n, rng) for v in restored]}
+    e = {
+        "test_hits": hits,
+        "lambda": lam,
+        "test_hits_restored": None if restored is None else [_hits(v, n, rng) for v in restored],
+    }
     if sweep is not None:
-        e["lambda_sweep"] = [{"lambda": l, "test_hits": [[None if v is None else _hits(v, n, rng) for v in row]
-                                                         for row in M]} for l, M in sweep]
+        e["lambda_sweep"] = [
+            {"lambda": l, "test_hits": [[None if v is None else _hits(v, n, rng) for v in row] for row in M]} for l, M in sweep
+        ]
     return e
 
 
@@ -32,8 +36,8 @@ def _run(seed, methods, n=400):
     return {"seed": seed, "examples": {}, "methods": {m: _entry(R, n, rng, **kw) for m, (R, kw) in methods.items()}}
 
 
-FT = [[0.9, None], [0.3, 0.9]]          # forgets 0.6
-GOOD = [[0.9, None], [0.8, 0.85]]        # forgets 0.1
+FT = [[0.9, None], [0.3, 0.9]]  # forgets 0.6
+GOOD = [[0.9, None], [0.8, 0.85]]  # forgets 0.1
 SAME = [[0.9, None], [0.8, 0.85]]
 
 
@@ -52,15 +56,16 @@ def test_a_clear_difference_gets_a_verdict_and_identical_methods_tie():
     tie = comps[("kfac", "ewc", "forgetting_reduction")]
     assert tie["verdict"] == "tie" and tie["diff"] == 0.0 and tie["ci95"] == [0.0, 0.0]
     clear = comps[("finetune", "ewc", "avg_forgetting")]
-    assert clear["diff"] == pytest.approx(0.5, abs=1e-9)      # 0.6 − 0.1, exact hit counts
+    assert clear["diff"] == pytest.approx(0.5, abs=1e-9)  # 0.6 − 0.1, exact hit counts
     assert clear["ci95"][0] > 0 and clear["verdict"] == "ewc"  # lower forgetting wins
     assert np.isnan(boot["points"]["finetune"]["forgetting_reduction"]).all()  # no reduction of itself
     assert ("finetune", "ewc", "forgetting_reduction") not in comps  # so no comparison on it
 
 
 def test_interval_contains_the_point_estimate_and_is_reproducible():
-    runs = [_run(s, {"finetune": (FT, {}), "ewc": (GOOD, {}),
-                     "kfac": ([[0.9, None], [0.75, 0.88]], {})}, n=150) for s in range(4)]
+    runs = [
+        _run(s, {"finetune": (FT, {}), "ewc": (GOOD, {}), "kfac": ([[0.9, None], [0.75, 0.88]], {})}, n=150) for s in range(4)
+    ]
     a = st.summarize_seeds(st.bootstrap_seeds(runs, n_boot=400, bootstrap_seed=7))
     b = st.summarize_seeds(st.bootstrap_seeds(runs, n_boot=400, bootstrap_seed=7))
     c = st.summarize_seeds(st.bootstrap_seeds(runs, n_boot=400, bootstrap_seed=8))
@@ -97,9 +102,11 @@ def test_matched_plasticity_interpolates_along_the_frontier():
     # Sweep of "b": λ=1 → (0.85, 0.4), λ=10 → (0.6, 0.2). Both chose λ=1.
     a1, a10 = [[0.9, None], [0.6, 0.7]], [[0.9, None], [0.8, 0.5]]
     b1, b10 = [[0.9, None], [0.5, 0.8]], [[0.9, None], [0.7, 0.3]]
-    methods = {"finetune": (FT, {}),
-               "a": (a1, {"sweep": [(1.0, a1), (10.0, a10)], "lam": 1.0}),
-               "b": (b1, {"sweep": [(1.0, b1), (10.0, b10)], "lam": 1.0})}
+    methods = {
+        "finetune": (FT, {}),
+        "a": (a1, {"sweep": [(1.0, a1), (10.0, a10)], "lam": 1.0}),
+        "b": (b1, {"sweep": [(1.0, b1), (10.0, b10)], "lam": 1.0}),
+    }
     runs = [_run(s, methods, n=200) for s in range(2)]
     m = st.matched_comparison(runs, "a", "b", "a", n_boot=200)
     # at a's plasticity 0.8: a's own point, 0.3; b's points (0.6, 0.2), (0.85, 0.4), (0.9, 0.6)
@@ -129,10 +136,10 @@ def test_minimal_detectable_difference_and_seed_count():
 
 def test_lambda_grid_extends_past_an_edge_optimum_until_interior_or_bound():
     grid = (1.0, 10.0, 100.0)
-    assert next_lambda({1.0: 0.5, 10.0: 0.7, 100.0: 0.6}, grid, 3) is None       # interior
-    assert next_lambda({1.0: 0.5, 10.0: 0.6, 100.0: 0.7}, grid, 3) == 1000.0     # top edge
-    assert next_lambda({1.0: 0.8, 10.0: 0.6, 100.0: 0.5}, grid, 3) == 0.1        # bottom edge
-    assert next_lambda({1.0: 0.7, 10.0: 0.7, 100.0: 0.5}, grid, 3) == 0.1        # tie → smaller λ
+    assert next_lambda({1.0: 0.5, 10.0: 0.7, 100.0: 0.6}, grid, 3) is None  # interior
+    assert next_lambda({1.0: 0.5, 10.0: 0.6, 100.0: 0.7}, grid, 3) == 1000.0  # top edge
+    assert next_lambda({1.0: 0.8, 10.0: 0.6, 100.0: 0.5}, grid, 3) == 0.1  # bottom edge
+    assert next_lambda({1.0: 0.7, 10.0: 0.7, 100.0: 0.5}, grid, 3) == 0.1  # tie → smaller λ
     scores = {1.0: 0.5, 10.0: 0.6, 100.0: 0.7}
     tried = []
     while (nxt := next_lambda(scores, grid, 2)) is not None:  # dev keeps rising: stops at the bound
@@ -143,9 +150,11 @@ def test_lambda_grid_extends_past_an_edge_optimum_until_interior_or_bound():
 
 
 def test_combine_seeds_writes_the_documented_schema():
-    methods = {"finetune": (FT, {}),
-               "ewc": (GOOD, {"sweep": [(1.0, GOOD)], "lam": 1.0}),
-               "kfac": ([[0.9, None], [0.7, 0.88]], {"sweep": [(1.0, [[0.9, None], [0.7, 0.88]])], "lam": 1.0})}
+    methods = {
+        "finetune": (FT, {}),
+        "ewc": (GOOD, {"sweep": [(1.0, GOOD)], "lam": 1.0}),
+        "kfac": ([[0.9, None], [0.7, 0.88]], {"sweep": [(1.0, [[0.9, None], [0.7, 0.88]])], "lam": 1.0}),
+    }
     runs = [_run(s, methods, n=100) for s in (0, 1)]
     out = combine_seeds(runs, n_boot=100, frontier_boot=20)
     assert out["seeds"] == [0, 1] and out["seed"] == 0
@@ -190,17 +199,20 @@ def test_reproduction_check_has_an_exact_and_a_cross_machine_level():
     from kfac_tutorial.experiments import reproduction_check
 
     ex = {"a": {"test": 100}, "b": {"test": 200}}
-    rec = {"seed": 0, "tasks": ["a", "b"], "examples": ex,
-           "methods": {"kfac": {"accuracy_matrix": [[0.9, None], [0.8, 0.7]]}}}
+    rec = {"seed": 0, "tasks": ["a", "b"], "examples": ex, "methods": {"kfac": {"accuracy_matrix": [[0.9, None], [0.8, 0.7]]}}}
 
     def live(r10):
-        return {"seed": 0, "tasks": ["a", "b"], "examples": ex,
-                "methods": {"kfac": {"accuracy_matrix": [[0.9, None], [r10, 0.7]]}}}
+        return {
+            "seed": 0,
+            "tasks": ["a", "b"],
+            "examples": ex,
+            "methods": {"kfac": {"accuracy_matrix": [[0.9, None], [r10, 0.7]]}},
+        }
 
-    same = reproduction_check(live(0.82), rec, ["kfac"])          # 2 mentions of 100
+    same = reproduction_check(live(0.82), rec, ["kfac"])  # 2 mentions of 100
     assert same["reproduced"] and same["agrees"] and same["max_mentions"] == {"kfac": 2}
-    other = reproduction_check(live(0.84), rec, ["kfac"])         # 4 points: another CPU's noise
+    other = reproduction_check(live(0.84), rec, ["kfac"])  # 4 points: another CPU's noise
     assert not other["reproduced"] and other["agrees"]
     assert other["max_accuracy"]["kfac"] == pytest.approx(0.04)
-    broken = reproduction_check(live(0.5), rec, ["kfac"])         # a broken method: 30 points
+    broken = reproduction_check(live(0.5), rec, ["kfac"])  # a broken method: 30 points
     assert not broken["reproduced"] and not broken["agrees"]

@@ -36,24 +36,42 @@ def _batches(seed=0, n=(3, 2), t=5, vocab=50, classes=3):
     for b in n:
         ids = torch.randint(1, vocab, (b, t), generator=g)
         mask = torch.ones(b, t, dtype=torch.long)
-        mask[0, t - 2:] = 0
-        ids[0, t - 2:] = 0
+        mask[0, t - 2 :] = 0
+        ids[0, t - 2 :] = 0
         out.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (b,), generator=g)))
     return out
 
 
 def bert(seed=0):
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=16, max_position_embeddings=16, num_labels=3,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return transformers.BertForSequenceClassification(config).double().eval()
 
 
 def gpt2(seed=0):
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=50, n_embd=8, n_layer=2, n_head=2, n_positions=16, num_labels=3,
-                                     pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = transformers.GPT2Config(
+        vocab_size=50,
+        n_embd=8,
+        n_layer=2,
+        n_head=2,
+        n_positions=16,
+        num_labels=3,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return transformers.GPT2ForSequenceClassification(config).double().eval()
 
 
@@ -91,9 +109,17 @@ def test_position_embedding_broadcast_over_the_batch_gets_brute_force_factors(st
     batches = _batches()
     module = "bert.embeddings.position_embeddings" if name == "bert" else "transformer.wpe"
     kfac = kt.KFAC.fit(model, batches, fisher="exact", progress=False)
-    A, G = kfac_factors(Wrapped(model), batches, f"model.{module}", mode="expand",
-                        masks=lambda inputs, k, a: inputs["attention_mask"].bool().expand(a.shape[0], -1)
-                        if a.shape[0] == inputs["attention_mask"].shape[0] else torch.ones(a.shape[:2], dtype=torch.bool))
+    A, G = kfac_factors(
+        Wrapped(model),
+        batches,
+        f"model.{module}",
+        mode="expand",
+        masks=lambda inputs, k, a: (
+            inputs["attention_mask"].bool().expand(a.shape[0], -1)
+            if a.shape[0] == inputs["attention_mask"].shape[0]
+            else torch.ones(a.shape[:2], dtype=torch.bool)
+        ),
+    )
     f = kfac.factors[module]
     torch.testing.assert_close(f.G, G, rtol=1e-8, atol=1e-12)
     assert f.A.sum() > 0

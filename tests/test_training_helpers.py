@@ -22,8 +22,7 @@ def _run(callback):
     def on_epoch_end(epoch, loss):
         calls.append((epoch, loss, evaluate(linker, dev)["acc@1"]))
 
-    history = train(linker, batches, epochs=profile.epochs, lr=profile.lr,
-                    on_epoch_end=on_epoch_end if callback else None)
+    history = train(linker, batches, epochs=profile.epochs, lr=profile.lr, on_epoch_end=on_epoch_end if callback else None)
     return history, calls, linker
 
 

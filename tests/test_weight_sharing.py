@@ -56,8 +56,7 @@ def _block_errors(model, batches, kfac, layers):
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_kfac_reduce_is_exact_for_deep_linear_networks_in_the_reduce_setting(masked, bias):
     model, batches = M.deep_linear("reduce", n=4, t=3, masked=masked, bias=bias)
-    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian",
-                       weight_sharing="reduce")
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian", weight_sharing="reduce")
     for layer, (err, scale) in _block_errors(model, batches, kfac, ["l1", "l2", "out"]).items():
         assert scale > 1e-2, layer
         assert err <= 1e-10 * scale, (layer, err, scale)
@@ -66,8 +65,7 @@ def test_kfac_reduce_is_exact_for_deep_linear_networks_in_the_reduce_setting(mas
 @pytest.mark.parametrize("bias", [True, False])
 def test_kfac_expand_is_exact_for_deep_linear_networks_in_the_expand_setting(bias):
     model, batches = M.deep_linear("expand", n=4, t=3, bias=bias)
-    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian",
-                       weight_sharing="expand")
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian", weight_sharing="expand")
     for layer, (err, scale) in _block_errors(model, batches, kfac, ["l1", "l2", "out"]).items():
         assert scale > 1e-2, layer
         assert err <= 1e-10 * scale, (layer, err, scale)
@@ -78,8 +76,7 @@ def test_kfac_expand_is_not_exact_in_the_reduce_setting(masked):
     """Expand gives (1/(N T²)) Σ_{n,t} a aᵀ ⊗ BᵀB instead of (1/N) Σ_n ā āᵀ ⊗ BᵀB:
     different unless all positions of an example carry the same input."""
     model, batches = M.deep_linear("reduce", n=4, t=3, masked=masked)
-    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian",
-                       weight_sharing="expand")
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian", weight_sharing="expand")
     errs = _block_errors(model, batches, kfac, ["l1", "l2"])
     for layer, (err, scale) in errs.items():
         assert err > 0.05 * scale, (layer, err, scale)
@@ -88,8 +85,7 @@ def test_kfac_expand_is_not_exact_in_the_reduce_setting(masked):
 def test_kfac_reduce_is_not_exact_in_the_expand_setting():
     """Reduce gives (T/N) Σ_n ā āᵀ ⊗ BᵀB instead of (1/N) Σ_{n,t} a aᵀ ⊗ BᵀB."""
     model, batches = M.deep_linear("expand", n=4, t=3)
-    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian",
-                       weight_sharing="reduce")
+    kfac = kt.KFAC.fit(model, batches, fisher="exact", likelihood="gaussian", weight_sharing="reduce")
     for layer, (err, scale) in _block_errors(model, batches, kfac, ["l1", "l2"]).items():
         assert err > 0.05 * scale, (layer, err, scale)
 
@@ -98,7 +94,7 @@ def test_padding_positions_do_not_enter_the_reduce_factors():
     """Changing the content of padded positions changes nothing (they are masked out
     of the model output and must be masked out of A as well)."""
     model, batches = M.deep_linear("reduce", n=4, t=3, masked=True)
-    (inp, y), = batches
+    ((inp, y),) = batches
     other = dict(inp)
     pad = (inp["attention_mask"] == 0).unsqueeze(-1)
     other["inputs"] = torch.where(pad, -7.0 * torch.ones_like(inp["inputs"]), inp["inputs"])
@@ -159,7 +155,7 @@ def test_kfac_factors_of_a_tiny_bert_follow_the_formulas_with_padding_excluded(m
 def test_kfac_embedding_frequencies_of_bert_count_only_unpadded_tokens():
     model, batches = M.bert_linker(n=3, t=5)
     kfac = kt.KFAC.fit(model, batches, fisher="exact")
-    (inp, _), = batches
+    ((inp, _),) = batches
     ids, mask = inp["input_ids"], inp["attention_mask"].bool()
     V = model.bert.config.vocab_size
     counts = torch.bincount(ids[mask], minlength=V).double()

@@ -102,7 +102,9 @@ class Consolidation:
         super().__init_subclass__(**kwargs)
         STATE_TYPES[cls.kind] = cls  # the loader finds subclasses here, never by import
 
-    def __init__(self, anchor: dict[str, Tensor], diagonal: dict[str, Tensor], *, damping: float = 0.0, info: Optional[dict] = None):
+    def __init__(
+        self, anchor: dict[str, Tensor], diagonal: dict[str, Tensor], *, damping: float = 0.0, info: Optional[dict] = None
+    ):
         self.anchor = anchor
         self.diagonal = diagonal
         self.damping = check_damping(damping)
@@ -111,9 +113,22 @@ class Consolidation:
     # -- estimation ------------------------------------------------------------------
     @classmethod
     def _estimate(
-        cls, model: nn.Module, batches: Iterable, *, fisher, mc_samples, likelihood, seed, damping, progress,
-        kronecker: bool, weight_sharing: str = "reduce", diagonal_modules: Sequence[str] = (), strict: bool = False,
-        distributed: bool = True, process_group=None,
+        cls,
+        model: nn.Module,
+        batches: Iterable,
+        *,
+        fisher,
+        mc_samples,
+        likelihood,
+        seed,
+        damping,
+        progress,
+        kronecker: bool,
+        weight_sharing: str = "reduce",
+        diagonal_modules: Sequence[str] = (),
+        strict: bool = False,
+        distributed: bool = True,
+        process_group=None,
     ) -> tuple[Estimate, dict[str, Tensor], dict]:
         """Validate the arguments shared by every ``fit``, run the estimate, copy the anchor."""
         model = unwrap(model)
@@ -125,15 +140,28 @@ class Consolidation:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         check_damping(damping)
         est = estimate(
-            model, batches, fisher=fisher, likelihood=likelihood, mc_samples=mc_samples, seed=seed,
-            kronecker=kronecker, weight_sharing=weight_sharing, diagonal_modules=tuple(diagonal_modules),
-            progress=progress, description=f"{cls.kind} Fisher ({fisher.value})", strict=strict,
-            distributed=distributed, process_group=process_group,
+            model,
+            batches,
+            fisher=fisher,
+            likelihood=likelihood,
+            mc_samples=mc_samples,
+            seed=seed,
+            kronecker=kronecker,
+            weight_sharing=weight_sharing,
+            diagonal_modules=tuple(diagonal_modules),
+            progress=progress,
+            description=f"{cls.kind} Fisher ({fisher.value})",
+            strict=strict,
+            distributed=distributed,
+            process_group=process_group,
         )
         anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
         info = {
-            "fisher": fisher.value, "mc_samples": mc_samples if fisher is FisherType.MC else None,
-            "likelihood": likelihood.value, "num_examples": est.num_examples, "seed": seed,
+            "fisher": fisher.value,
+            "mc_samples": mc_samples if fisher is FisherType.MC else None,
+            "likelihood": likelihood.value,
+            "num_examples": est.num_examples,
+            "seed": seed,
         }
         if kronecker:
             info["weight_sharing"] = weight_sharing
@@ -220,7 +248,10 @@ class Consolidation:
     # -- persistence ---------------------------------------------------------------------
     def _meta(self) -> dict:
         return {
-            "kind": self.kind, "package_version": __version__, "damping": self.damping, "info": self.info,
+            "kind": self.kind,
+            "package_version": __version__,
+            "damping": self.damping,
+            "info": self.info,
             # lists, not dicts: the metadata JSON is written with sorted keys, and the
             # order of the terms fixes the summation order (bit-identical round trips)
             "params": [[n, list(a.shape)] for n, a in self.anchor.items()],
@@ -241,7 +272,9 @@ class Consolidation:
         """Read a state saved by :meth:`save` and check it against ``model``."""
         tensors, meta = read_state(path, device=device_of(model))
         if meta.get("kind") != cls.kind:
-            raise StateFileError(f"{path} holds a {meta.get('kind')!r} state, not {cls.kind!r}; use kfac_tutorial.load() or {meta.get('kind')}.load()")
+            raise StateFileError(
+                f"{path} holds a {meta.get('kind')!r} state, not {cls.kind!r}; use kfac_tutorial.load() or {meta.get('kind')}.load()"
+            )
         return cls._from_tensors(tensors, meta, model, "", str(path))
 
     @classmethod
@@ -255,7 +288,9 @@ class Consolidation:
                 raise StateFileError(f"{source} is damaged: tensor '{prefix + key}' is missing")
             t = tensors[prefix + key]
             if shape is not None and tuple(t.shape) != tuple(shape):
-                raise StateFileError(f"{source} is damaged: tensor '{prefix + key}' has shape {tuple(t.shape)}, expected {tuple(shape)}")
+                raise StateFileError(
+                    f"{source} is damaged: tensor '{prefix + key}' has shape {tuple(t.shape)}, expected {tuple(shape)}"
+                )
             return t
 
         anchor = {n: get(f"anchor/{n}", s) for n, s in meta["params"].items()}

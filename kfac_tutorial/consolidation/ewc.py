@@ -57,9 +57,19 @@ class EWC(Consolidation):
         is estimated through the module it wraps: the state names its parameters as the
         plain model does (``penalty``, ``to_dense``, ``save``/``load`` accept either).
         """
-        est, anchor, info = cls._estimate(model, batches, fisher=fisher, mc_samples=mc_samples, likelihood=likelihood,
-                                          seed=seed, damping=damping, progress=progress, kronecker=False,
-                                          distributed=distributed, process_group=process_group)
+        est, anchor, info = cls._estimate(
+            model,
+            batches,
+            fisher=fisher,
+            mc_samples=mc_samples,
+            likelihood=likelihood,
+            seed=seed,
+            damping=damping,
+            progress=progress,
+            kronecker=False,
+            distributed=distributed,
+            process_group=process_group,
+        )
         return cls(anchor, est.diagonal, damping=damping, info=info)
 
     def merge(self, new: "EWC", gamma: float = 1.0) -> "EWC":
@@ -70,4 +80,6 @@ class EWC(Consolidation):
         if set(new.diagonal) != set(self.diagonal):
             raise StateMismatchError("the two EWC states cover different parameters")
         diagonal = {n: gamma * self.diagonal[n] + new.diagonal[n] for n in new.diagonal}
-        return EWC({n: a.clone() for n, a in new.anchor.items()}, diagonal, damping=new.damping, info=self._merged_info(new, gamma))
+        return EWC(
+            {n: a.clone() for n, a in new.anchor.items()}, diagonal, damping=new.damping, info=self._merged_info(new, gamma)
+        )

@@ -62,9 +62,20 @@ class KFAC(Consolidation):
         upper triangles.
         """
         est, anchor, info = cls._estimate(
-            model, batches, fisher=fisher, mc_samples=mc_samples, likelihood=likelihood, seed=seed, damping=damping,
-            progress=progress, kronecker=True, weight_sharing=weight_sharing, diagonal_modules=diagonal_modules,
-            strict=strict, distributed=distributed, process_group=process_group,
+            model,
+            batches,
+            fisher=fisher,
+            mc_samples=mc_samples,
+            likelihood=likelihood,
+            seed=seed,
+            damping=damping,
+            progress=progress,
+            kronecker=True,
+            weight_sharing=weight_sharing,
+            diagonal_modules=diagonal_modules,
+            strict=strict,
+            distributed=distributed,
+            process_group=process_group,
         )
         return cls(anchor, est.diagonal, est.factors, damping=damping, info=info)
 
@@ -95,8 +106,13 @@ class KFAC(Consolidation):
             raise StateMismatchError("the two KFAC states have different layer structures (factors or diagonal parameters)")
         factors = {name: self.factors[name].merged(f, gamma) for name, f in new.factors.items()}
         diagonal = {n: gamma * self.diagonal[n] + new.diagonal[n] for n in new.diagonal}
-        return KFAC({n: a.clone() for n, a in new.anchor.items()}, diagonal, factors, damping=new.damping,
-                    info=self._merged_info(new, gamma))
+        return KFAC(
+            {n: a.clone() for n, a in new.anchor.items()},
+            diagonal,
+            factors,
+            damping=new.damping,
+            info=self._merged_info(new, gamma),
+        )
 
     # -- low-rank storage (opt-in) ---------------------------------------------------------
     def low_rank(self, tol: float = 0.0, max_fraction: float = 0.5) -> "KFAC":
@@ -134,5 +150,7 @@ class KFAC(Consolidation):
                 raise StateMismatchError(f"the state in {source} has Kronecker factors for module '{m}', which the model lacks")
             factor_type = FACTOR_TYPES.get(spec["kind"])
             if factor_type is None:
-                raise StateFileError(f"{source}: factors of module '{m}' have unknown kind {spec['kind']!r}; upgrade kfac_tutorial")
+                raise StateFileError(
+                    f"{source}: factors of module '{m}' have unknown kind {spec['kind']!r}; upgrade kfac_tutorial"
+                )
             self.factors[m] = factor_type.unpacked(spec, meta["params"][spec["weight"]], get, source, prefix)

@@ -50,7 +50,9 @@ def _add_per_example(store: dict, pname: str, grad, batch: int, param: Tensor) -
     if old is None:
         store[pname] = grad
     elif isinstance(old, SparseRows) and isinstance(grad, SparseRows):
-        store[pname] = SparseRows(torch.cat([old.example, grad.example]), torch.cat([old.row, grad.row]), torch.cat([old.values, grad.values]))
+        store[pname] = SparseRows(
+            torch.cat([old.example, grad.example]), torch.cat([old.row, grad.row]), torch.cat([old.values, grad.values])
+        )
     else:
         dense = [g.to_dense(batch, param.shape[0]) if isinstance(g, SparseRows) else g for g in (old, grad)]
         store[pname] = dense[0] + dense[1]
@@ -76,10 +78,10 @@ def symmetrized(m: Tensor, scale: float, tile: int = 256) -> Tensor:
     d = m.shape[0]
     for i in range(0, d, tile):
         for j in range(i, d, tile):
-            block = (m[i:i + tile, j:j + tile] + m[j:j + tile, i:i + tile].T).mul_(scale)
-            m[i:i + tile, j:j + tile] = block
+            block = (m[i : i + tile, j : j + tile] + m[j : j + tile, i : i + tile].T).mul_(scale)
+            m[i : i + tile, j : j + tile] = block
             if j != i:
-                m[j:j + tile, i:i + tile] = block.T
+                m[j : j + tile, i : i + tile] = block.T
     return m
 
 
@@ -274,4 +276,3 @@ class Accumulator:
         in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
         diagonal = {n: d / num_examples for n, d in self.diag.items() if n not in in_kron}
         return factors, diagonal
-

@@ -145,9 +145,7 @@ class CallRecorder:
             index = self._counts.get(name, 0)
             self._counts[name] = index + 1
             if output.requires_grad:
-                self.calls.append(
-                    Call(name, module, index, x.detach(), output, mask, version=output._version, stream=stream)
-                )
+                self.calls.append(Call(name, module, index, x.detach(), output, mask, version=output._version, stream=stream))
             return replaced
 
         return hook
@@ -155,9 +153,7 @@ class CallRecorder:
     def __enter__(self) -> "CallRecorder":
         for module in self.model.modules():
             self._handles.append(module.register_forward_pre_hook(self._mask_pre_hook, with_kwargs=True))
-            self._handles.append(
-                module.register_forward_hook(self._mask_post_hook, with_kwargs=True, always_call=True)
-            )
+            self._handles.append(module.register_forward_hook(self._mask_post_hook, with_kwargs=True, always_call=True))
         for name, module in self.modules.items():
             self._handles.append(self.rules[name].attach(module, _Site(self, name, self.rules[name])))
         return self

@@ -36,8 +36,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from .accumulate import Accumulator
 
-__all__ = ["communication_report", "group_for", "payload_numel", "rank_of", "rank_seed", "reduce_accumulator",
-           "world_size"]
+__all__ = ["communication_report", "group_for", "payload_numel", "rank_of", "rank_seed", "reduce_accumulator", "world_size"]
 
 BUCKET_NUMEL = 1 << 24  # numbers per all_reduce call (64 MiB of float32)
 
@@ -54,8 +53,10 @@ def group_for(distributed: bool = True, process_group: Any = None) -> Optional[A
 
     if not dist.is_available() or not dist.is_initialized():
         if process_group is not None:
-            raise RuntimeError("process_group= was given but torch.distributed is not initialised; "
-                               "call torch.distributed.init_process_group first (torchrun does it for you)")
+            raise RuntimeError(
+                "process_group= was given but torch.distributed is not initialised; "
+                "call torch.distributed.init_process_group first (torchrun does it for you)"
+            )
         return None
     group = process_group if process_group is not None else dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None
@@ -151,10 +152,13 @@ def communication_report(model, kronecker: bool = True, diagonal_modules=(), byt
     diagonal = sum(p.numel() for n, p in plan.params.items() if n not in in_kron)
     counts = 8 * (1 + len(plan.kronecker))
     packed, full = payload_numel(shapes, packed=True), payload_numel(shapes, packed=False)
-    return {"packed_bytes": bytes_per_number * (packed + diagonal) + counts,
-            "full_bytes": bytes_per_number * (full + diagonal) + counts,
-            "factor_bytes": bytes_per_number * (full + diagonal),
-            "kronecker_layers": len(plan.kronecker), "diagonal_numbers": diagonal}
+    return {
+        "packed_bytes": bytes_per_number * (packed + diagonal) + counts,
+        "full_bytes": bytes_per_number * (full + diagonal) + counts,
+        "factor_bytes": bytes_per_number * (full + diagonal),
+        "kronecker_layers": len(plan.kronecker),
+        "diagonal_numbers": diagonal,
+    }
 
 
 def _all_reduce_flat(tensors: list[Tensor], group: Any) -> list[Tensor]:
@@ -186,10 +190,15 @@ def _check_same_structure(entries: list[tuple[str, tuple]], group: Any, num_exam
     dist.all_gather_object(gathered, (digest, num_examples), group=group)
     if len({d for d, _ in gathered}) > 1:
         empty = [r for r, (_, n) in enumerate(gathered) if n == 0]
-        hint = (f" ranks {empty} saw no batch; give every rank at least one batch (e.g. a "
-                "DistributedSampler with drop_last=False)") if empty else ""
-        raise RuntimeError("the ranks estimated different statistics (different models, "
-                           "trainable parameters or diagonal_modules on different ranks?);" + hint)
+        hint = (
+            (f" ranks {empty} saw no batch; give every rank at least one batch (e.g. a DistributedSampler with drop_last=False)")
+            if empty
+            else ""
+        )
+        raise RuntimeError(
+            "the ranks estimated different statistics (different models, "
+            "trainable parameters or diagonal_modules on different ranks?);" + hint
+        )
 
 
 def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int:
@@ -233,8 +242,11 @@ def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int
         for index, t in zip(indices, _all_reduce_flat([payload[i] for i in indices], group)):
             summed[index] = t
     for (kind, name, original), total in zip(items, summed):
-        value = unpack_symmetric(total, original.shape[0]) if kind != "diag" and _is_symmetric_factor(original) \
+        value = (
+            unpack_symmetric(total, original.shape[0])
+            if kind != "diag" and _is_symmetric_factor(original)
             else total.reshape(original.shape)
+        )
         if kind == "A":
             acc.A[name] = value
         elif kind == "G":
@@ -245,8 +257,7 @@ def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int
     # example and position counts, exact in float64 up to 2⁵³
     names = keys
     device = next(iter(acc.diag.values())).device if acc.diag else torch.device("cpu")
-    counts = torch.tensor([float(num_examples)] + [float(acc.positions[n]) for n in names],
-                          dtype=torch.float64, device=device)
+    counts = torch.tensor([float(num_examples)] + [float(acc.positions[n]) for n in names], dtype=torch.float64, device=device)
     import torch.distributed as dist
 
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)

@@ -88,14 +88,18 @@ def _check_batch(batch_index: int, inputs, outputs: Tensor, targets, likelihood:
     if has_non_finite(inputs):
         raise ValueError(f"batch {batch_index}: the inputs contain NaN or inf; clean or drop those examples before fitting")
     if not bool(torch.isfinite(outputs).all()):
-        raise ValueError(f"batch {batch_index}: the model's logits contain NaN or inf (diverged weights, or "
-                         "-inf used as a mask?); the Fisher needs finite logits")
+        raise ValueError(
+            f"batch {batch_index}: the model's logits contain NaN or inf (diverged weights, or "
+            "-inf used as a mask?); the Fisher needs finite logits"
+        )
     if likelihood is Likelihood.CATEGORICAL and isinstance(targets, Tensor) and targets.shape == outputs.shape[:-1]:
         num_classes = outputs.shape[-1]
         bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= num_classes))
         if bool(bad.any()):
-            raise ValueError(f"batch {batch_index}: label {int(targets[bad][0])} is out of range for {num_classes} "
-                             f"classes (labels are class indices 0..{num_classes - 1}, or {IGNORE_INDEX} to ignore)")
+            raise ValueError(
+                f"batch {batch_index}: label {int(targets[bad][0])} is out of range for {num_classes} "
+                f"classes (labels are class indices 0..{num_classes - 1}, or {IGNORE_INDEX} to ignore)"
+            )
 
 
 def estimate(
@@ -183,9 +187,13 @@ def estimate(
                         prepared = prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator)
                         unexplained = unexplained_parameters(plan, prepared, outputs, probe_generator)
                         # a call its rule could not explain (MHA as cross-attention): whatever the probe says
-                        unexplained = set(unexplained).union(*(plan.own_params(m) for m in recorder.refused if m in plan.recorded))
+                        unexplained = set(unexplained).union(
+                            *(plan.own_params(m) for m in recorder.refused if m in plan.recorded)
+                        )
                     if unexplained:
-                        plan = Plan(model, kronecker, diagonal_modules, force_vmap=frozenset(unexplained), refused=recorder.refused)
+                        plan = Plan(
+                            model, kronecker, diagonal_modules, force_vmap=frozenset(unexplained), refused=recorder.refused
+                        )
                         calls = [c for c in calls if c.name in plan.recorded]
                         prepared = None
                     cache[cache_key] = (frozenset(unexplained), dict(aligned_cache))
@@ -230,8 +238,11 @@ def _forward(model: nn.Module, inputs, examples: int, recorder: CallRecorder, lo
 def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_fn) -> Tensor:
     """Verify once per model that expanding broadcast calls leaves the logits unchanged;
     if not, switch the expansion off and run the forward pass again."""
-    key = ("broadcast", tuple((n, id(p)) for n, p in model.named_parameters()),
-           tuple(sorted(inputs)) if isinstance(inputs, dict) else type(inputs).__name__)
+    key = (
+        "broadcast",
+        tuple((n, id(p)) for n, p in model.named_parameters()),
+        tuple(sorted(inputs)) if isinstance(inputs, dict) else type(inputs).__name__,
+    )
     ok = cache.get(key)
     if ok is None:
         recorder.active = False
@@ -256,9 +267,11 @@ def _check_refused(recorder: CallRecorder, plan: Plan, batch_index: int) -> None
     bad = {m: r for m, r in recorder.refused.items() if m in plan.recorded}
     if bad:
         lines = "; ".join(f"'{m}': {r}" for m, r in bad.items())
-        raise ValueError(f"batch {batch_index}: calls the curvature rule cannot explain, unlike the first batch's ({lines}). "
-                         f"Pass diagonal_modules={sorted(bad)} to hold these modules diagonally, or call them the same "
-                         "way in every batch.")
+        raise ValueError(
+            f"batch {batch_index}: calls the curvature rule cannot explain, unlike the first batch's ({lines}). "
+            f"Pass diagonal_modules={sorted(bad)} to hold these modules diagonally, or call them the same "
+            "way in every batch."
+        )
 
 
 def _report_fallback(plan: Plan, strict: bool) -> None:

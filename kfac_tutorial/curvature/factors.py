@@ -161,8 +161,14 @@ class LayerFactors:
 
     def spec(self, module: str) -> dict:
         """Metadata of the factors for a state file."""
-        return {"module": module, "kind": self.kind, "weight": self.weight, "bias": self.bias,
-                "A_storage": self._storage_A(), "G_storage": storage_of(self.G, self.G_root)}
+        return {
+            "module": module,
+            "kind": self.kind,
+            "weight": self.weight,
+            "bias": self.bias,
+            "A_storage": self._storage_A(),
+            "G_storage": storage_of(self.G, self.G_root),
+        }
 
     def packed(self) -> tuple[Tensor, Tensor]:
         """``(A, G)`` as written to a state file (upper triangles of symmetric factors)."""
@@ -314,6 +320,10 @@ def unpack(get: Callable, key: str, shape: tuple, storage: str, source: str, pre
     if storage == "root":
         t = get(key)
         if t.dim() != 2 or t.shape[0] != shape[0] or t.shape[1] > shape[0]:
-            raise StateFileError(f"{source} is damaged: low-rank factor '{prefix + key}' has shape {tuple(t.shape)}, expected ({shape[0]}, r ≤ {shape[0]})")
+            raise StateFileError(
+                f"{source} is damaged: low-rank factor '{prefix + key}' has shape {tuple(t.shape)}, expected ({shape[0]}, r ≤ {shape[0]})"
+            )
         return t, True
-    raise StateFileError(f"{source}: factor '{prefix + key}' has unknown storage {storage!r} (dense, triu or root); upgrade kfac_tutorial")
+    raise StateFileError(
+        f"{source}: factor '{prefix + key}' has unknown storage {storage!r} (dense, triu or root); upgrade kfac_tutorial"
+    )

@@ -82,16 +82,13 @@ def backprop_vectors(
         generator: random generator for ``mc`` (seeded by the caller).
     """
     if outputs.dim() not in (2, 3):
-        raise ValueError(
-            f"model outputs must have shape (B, C) or (B, T, C), got {tuple(outputs.shape)}"
-        )
+        raise ValueError(f"model outputs must have shape (B, C) or (B, T, C), got {tuple(outputs.shape)}")
     outputs = outputs.detach()
     valid = torch.ones(outputs.shape[:-1], dtype=torch.bool, device=outputs.device)
     if likelihood is Likelihood.CATEGORICAL and targets is not None:
         if targets.shape != outputs.shape[:-1]:
             raise ValueError(
-                f"categorical targets must have shape {tuple(outputs.shape[:-1])} "
-                f"(class indices), got {tuple(targets.shape)}"
+                f"categorical targets must have shape {tuple(outputs.shape[:-1])} (class indices), got {tuple(targets.shape)}"
             )
         valid = targets != IGNORE_INDEX
     if fisher is FisherType.EMPIRICAL and targets is None:
@@ -145,7 +142,6 @@ def backprop_vectors(
         else:
             if targets.shape != outputs.shape:
                 raise ValueError(
-                    f"gaussian targets must have the outputs' shape {tuple(outputs.shape)}, "
-                    f"got {tuple(targets.shape)}"
+                    f"gaussian targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}"
                 )
             yield outputs - targets.to(outputs.dtype), 1.0

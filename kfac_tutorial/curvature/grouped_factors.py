@@ -87,7 +87,7 @@ class QKVGroupFactors(LayerFactors):
         for i, g in enumerate(self.groups):
             rows = block_rows(g, size)
             k = rows.numel()
-            out.append((rows, self.A[i], self.G[offset:offset + k * k].view(k, k)))
+            out.append((rows, self.A[i], self.G[offset : offset + k * k].view(k, k)))
             offset += k * k
         return out
 
@@ -117,9 +117,11 @@ class QKVGroupFactors(LayerFactors):
         ``G_g ← γ G_g + G_g'``."""
         if not isinstance(new, QKVGroupFactors) or new.groups != self.groups:
             theirs = group_names(new.groups) if isinstance(new, QKVGroupFactors) else "one group [q, k, v]"
-            raise StateMismatchError(f"cannot merge the factors of '{self.weight}': its q/k/v groups differ "
-                                     f"({group_names(self.groups)} vs {theirs}); fit both tasks with the "
-                                     "attention called the same way")
+            raise StateMismatchError(
+                f"cannot merge the factors of '{self.weight}': its q/k/v groups differ "
+                f"({group_names(self.groups)} vs {theirs}); fit both tasks with the "
+                "attention called the same way"
+            )
         return super().merged(new, gamma)
 
     def low_rank(self, tol, max_fraction):

@@ -29,8 +29,7 @@ if TYPE_CHECKING:  # pandas is imported when a report is made, not with the pack
 
 __all__ = ["memory_report"]
 
-COLUMNS = ["module", "layer_type", "storage", "parameters", "parameter_bytes",
-           "curvature_bytes", "ratio", "factors"]
+COLUMNS = ["module", "layer_type", "storage", "parameters", "parameter_bytes", "curvature_bytes", "ratio", "factors"]
 
 
 def _owner(param_name: str) -> str:
@@ -125,14 +124,29 @@ def memory_report(state, model: nn.Module) -> "pd.DataFrame":
         count = sum(params[n].numel() for n in names)
         pbytes = sum(_nbytes(params[n]) for n in names)
         kind = "+".join(sorted(kinds[mname], key=["kronecker", "diagonal"].index)) or "none"
-        rows.append({
-            "module": mname or "(model)", "layer_type": type(module).__name__, "storage": kind,
-            "parameters": count, "parameter_bytes": pbytes, "curvature_bytes": curvature[mname],
-            "ratio": curvature[mname] / pbytes if pbytes else float("nan"),
-            "factors": (", " if kind == "kronecker" else " + ").join(shapes[mname]),
-        })
+        rows.append(
+            {
+                "module": mname or "(model)",
+                "layer_type": type(module).__name__,
+                "storage": kind,
+                "parameters": count,
+                "parameter_bytes": pbytes,
+                "curvature_bytes": curvature[mname],
+                "ratio": curvature[mname] / pbytes if pbytes else float("nan"),
+                "factors": (", " if kind == "kronecker" else " + ").join(shapes[mname]),
+            }
+        )
     if unattributed:
-        rows.append({"module": "(unattributed)", "layer_type": "", "storage": "?", "parameters": 0,
-                     "parameter_bytes": 0, "curvature_bytes": unattributed, "ratio": float("nan"),
-                     "factors": ""})
+        rows.append(
+            {
+                "module": "(unattributed)",
+                "layer_type": "",
+                "storage": "?",
+                "parameters": 0,
+                "parameter_bytes": 0,
+                "curvature_bytes": unattributed,
+                "ratio": float("nan"),
+                "factors": "",
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)

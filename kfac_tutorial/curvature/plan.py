@@ -40,8 +40,14 @@ class Plan:
     the reason is the one named in :attr:`fallback`.
     """
 
-    def __init__(self, model: nn.Module, kronecker: bool, diagonal_modules: Sequence[str], force_vmap: frozenset = frozenset(),
-                 refused: Optional[dict[str, str]] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        kronecker: bool,
+        diagonal_modules: Sequence[str],
+        force_vmap: frozenset = frozenset(),
+        refused: Optional[dict[str, str]] = None,
+    ):
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         name_of = {id(p): n for n, p in self.params.items()}
         owners = defaultdict(list)  # param id -> [(module name, module, attribute)]
@@ -114,6 +120,8 @@ class Plan:
         if not items:
             return None
         lines = "; ".join(f"'{m or '(model)'}' ({type(self.modules[m]).__name__}: {r})" for m, r in items.items())
-        return (f"KFAC holds a diagonal Fisher for {len(items)} module(s) that have no Kronecker factors: {lines}. "
-                "Register a rule for the type (kfac_tutorial.curvature.rules), or pass diagonal_modules=[...] "
-                "to make the choice explicit (strict=True raises instead of warning).")
+        return (
+            f"KFAC holds a diagonal Fisher for {len(items)} module(s) that have no Kronecker factors: {lines}. "
+            "Register a rule for the type (kfac_tutorial.curvature.rules), or pass diagonal_modules=[...] "
+            "to make the choice explicit (strict=True raises instead of warning)."
+        )

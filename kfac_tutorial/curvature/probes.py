@@ -74,14 +74,18 @@ def _is_zero(t: Tensor) -> bool:
     return t.numel() == 0 or bool(t.abs().max() == 0)
 
 
-def prepare_calls(calls: list[Call], outputs: Tensor, batch_size: int, aligned_cache: dict, generator: torch.Generator) -> list[Prepared]:
+def prepare_calls(
+    calls: list[Call], outputs: Tensor, batch_size: int, aligned_cache: dict, generator: torch.Generator
+) -> list[Prepared]:
     """Decide for every call whether its rows are the batch's examples, then prepare it."""
     unknown = [c for c in calls if c.rows == batch_size and batch_size > 1 and (c.name, c.index) not in aligned_cache]
     if unknown:
         v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
         grad_outputs = torch.zeros(2, *outputs.shape, dtype=outputs.dtype, device=outputs.device)
         grad_outputs[0, 0], grad_outputs[1, 1] = v[0], v[1]
-        grads = torch.autograd.grad(outputs, [c.output for c in unknown], grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        grads = torch.autograd.grad(
+            outputs, [c.output for c in unknown], grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
         for call, g in zip(unknown, grads):
             aligned = g is None or (_is_zero(g[0, 1:]) and _is_zero(g[1, :1]) and _is_zero(g[1, 2:]))
             aligned_cache[(call.name, call.index)] = bool(aligned)
@@ -107,7 +111,7 @@ def unexplained_parameters(plan: Plan, prepared: list[Prepared], outputs: Tensor
     v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
     targets = [plan.params[n] for n in names] + [p.call.output for p in prepared]
     grads = torch.autograd.grad(outputs, targets, v, retain_graph=True, allow_unused=True)
-    true, call_grads = grads[: len(names)], grads[len(names):]
+    true, call_grads = grads[: len(names)], grads[len(names) :]
     explained: dict[str, Tensor] = {}
     attrs = {}
     for mname, (wname, bname) in plan.kronecker.items():

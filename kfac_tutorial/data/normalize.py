@@ -59,9 +59,7 @@ def tokenize(text: str) -> list[str]:
 def _ascii_fold(text: str) -> str:
     # Letters without an ASCII decomposition (Greek, ...) become the word 'u<hex>', so
     # that "beta-alanine" written with a Greek beta and "alanine" stay different.
-    return "".join(
-        ch if ch.isascii() or not ch.isalnum() else f" u{ord(ch):x} " for ch in text
-    )
+    return "".join(ch if ch.isascii() or not ch.isalnum() else f" u{ord(ch):x} " for ch in text)
 
 
 @functools.lru_cache(maxsize=1 << 16)

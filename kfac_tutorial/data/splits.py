@@ -77,10 +77,7 @@ def build_splits(
         raise ValueError("need 0 <= dev_fraction, test_fraction and their sum < 1")
 
     name_key = {cid: normalize_mention(name) for cid, name in vocab.concepts.items()}
-    variant_keys = {
-        cid: [(v, normalize_mention(v)) for v in vocab.variants.get(cid, ())]
-        for cid in vocab.concepts
-    }
+    variant_keys = {cid: [(v, normalize_mention(v)) for v in vocab.variants.get(cid, ())] for cid in vocab.concepts}
     owners: dict[str, set[str]] = defaultdict(set)
     for cid, key in name_key.items():
         owners[key].add(cid)
@@ -113,10 +110,7 @@ def build_splits(
                 groups[key].append(v)
         u = {key: unit_hash(seed, vocab.name, cid, key) for key in groups}
         where = {
-            key: "test" if h < test_fraction
-            else "dev" if h < test_fraction + dev_fraction
-            else "train"
-            for key, h in u.items()
+            key: "test" if h < test_fraction else "dev" if h < test_fraction + dev_fraction else "train" for key, h in u.items()
         }
         if len(groups) >= 2 and "train" not in where.values():
             where[max(u, key=u.__getitem__)] = "train"
@@ -184,9 +178,7 @@ def subsample(
         chosen = sorted(chosen, key=lambda c: (unit_hash(seed, task, "concept", c), c))
         chosen = chosen[:max_concepts]
     keep = set(chosen)
-    out: dict[str, Any] = {
-        "concepts": {cid: name for cid, name in concepts.items() if cid in keep}
-    }
+    out: dict[str, Any] = {"concepts": {cid: name for cid, name in concepts.items() if cid in keep}}
     for s in SPLITS:
         pairs = [(m, c) for m, c in data[s] if c in keep]
         if max_mentions is not None and len(pairs) > max_mentions:

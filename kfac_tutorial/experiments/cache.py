@@ -31,27 +31,46 @@ __all__ = ["cache_key", "run_or_load"]
 CACHE_ENV = "KFAC_RESULTS_CACHE"
 
 
-def cache_key(model: str, task_names: Sequence[str], methods: Sequence[str],
-              profile: Profile, seed: int = 0, setting: str = "growing",
-              checkpoint: str | None = None) -> str:
+def cache_key(
+    model: str,
+    task_names: Sequence[str],
+    methods: Sequence[str],
+    profile: Profile,
+    seed: int = 0,
+    setting: str = "growing",
+    checkpoint: str | None = None,
+) -> str:
     """SHA-1 (first 16 hex digits) of every input of a run, versions included."""
     import torch
 
     from .. import __version__
 
     spec = {
-        "model": model, "tasks": list(task_names), "methods": list(methods),
-        "profile": asdict(profile), "seed": seed, "setting": setting,
-        "checkpoint": checkpoint, "kfac_tutorial": __version__, "torch": torch.__version__,
+        "model": model,
+        "tasks": list(task_names),
+        "methods": list(methods),
+        "profile": asdict(profile),
+        "seed": seed,
+        "setting": setting,
+        "checkpoint": checkpoint,
+        "kfac_tutorial": __version__,
+        "torch": torch.__version__,
     }
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def run_or_load(model: str, task_names: Sequence[str], methods: Sequence[str],
-                profile: Profile, seed: int = 0, setting: str = "growing",
-                checkpoint: str | None = None, cache_dir: str | os.PathLike | None = None,
-                progress: bool = True) -> dict:
+def run_or_load(
+    model: str,
+    task_names: Sequence[str],
+    methods: Sequence[str],
+    profile: Profile,
+    seed: int = 0,
+    setting: str = "growing",
+    checkpoint: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
     """The results dict of :func:`run_experiment` for these inputs (tasks by name).
 
     Loaded from ``cache_dir`` (default: ``$KFAC_RESULTS_CACHE``; none: no caching) when
@@ -66,8 +85,7 @@ def run_or_load(model: str, task_names: Sequence[str], methods: Sequence[str],
         if path.exists():
             return {**read_results(path), "cached": True}
     tasks = load_tasks(task_names, profile, seed=seed)
-    results = run_experiment(model, tasks, methods, profile, seed=seed, setting=setting,
-                             progress=progress, checkpoint=checkpoint)
+    results = run_experiment(model, tasks, methods, profile, seed=seed, setting=setting, progress=progress, checkpoint=checkpoint)
     if path is not None:
         write_json_atomic(path, results)
     return {**results, "cached": False}

@@ -44,12 +44,21 @@ from torch import nn
 from .harness import _FAMILY, build_linker, load_tasks, prepare_task
 from .profiles import Profile
 
-__all__ = ["count_work", "estimate_breakdown", "estimate_seconds", "measure_rates",
-           "penalised_step", "plain_fwd_bwd", "time_curvature", "time_penalty_steps"]
+__all__ = [
+    "count_work",
+    "estimate_breakdown",
+    "estimate_seconds",
+    "measure_rates",
+    "penalised_step",
+    "plain_fwd_bwd",
+    "time_curvature",
+    "time_penalty_steps",
+]
 
 
-def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile,
-               lambdas_tried: Optional[Mapping[str, int]] = None) -> dict:
+def count_work(
+    task_sizes: Sequence[dict], methods: Sequence[str], profile: Profile, lambdas_tried: Optional[Mapping[str, int]] = None
+) -> dict:
     """Examples processed by a run. ``task_sizes``: per task, ``{"train", "dev", "test"}``
     example counts after :func:`prepare_task` (e.g. a results dict's ``examples``).
     ``lambdas_tried``: λ values run per method (default: the profile's grid, a lower bound
@@ -86,12 +95,15 @@ def count_work(task_sizes: Sequence[dict], methods: Sequence[str], profile: Prof
             if m in _FAMILY and t < T - 1:
                 fisher_fwd += grid * per_fit(t)
     fisher_bwd = fisher_fwd * backward_per_example
-    return {"train_examples": int(train), "fisher_forward": int(fisher_fwd),
-            "fisher_backward": int(fisher_bwd), "eval_examples": int(evals)}
+    return {
+        "train_examples": int(train),
+        "fisher_forward": int(fisher_fwd),
+        "fisher_backward": int(fisher_bwd),
+        "eval_examples": int(evals),
+    }
 
 
-def measure_rates(model: str, task_name: str, profile: Profile, seed: int = 0,
-                  steps: int = 6) -> dict:
+def measure_rates(model: str, task_name: str, profile: Profile, seed: int = 0, steps: int = 6) -> dict:
     """Examples per second of training steps (forward, backward, AdamW) and of
     evaluation, for the profile's linker on one task, timed over ``steps`` batches
     after one warm-up batch. Returns ``{"train_per_s", "eval_per_s", "device"}``."""
@@ -103,16 +115,16 @@ def measure_rates(model: str, task_name: str, profile: Profile, seed: int = 0,
     if torch.cuda.is_available():
         linker = linker.cuda()
     linker.begin_task(list(task.concepts))
-    examples = (task.train * (1 + (steps + 1) * profile.batch_size // max(len(task.train), 1)))
+    examples = task.train * (1 + (steps + 1) * profile.batch_size // max(len(task.train), 1))
     examples = examples[: (steps + 1) * profile.batch_size]
     warm = linking_batches(linker, examples[: profile.batch_size], profile.batch_size)
     train(linker, warm, epochs=1, lr=profile.lr, head_lr=profile.head_lr)
-    timed = linking_batches(linker, examples[profile.batch_size:], profile.batch_size)
+    timed = linking_batches(linker, examples[profile.batch_size :], profile.batch_size)
     _sync()
     start = time.perf_counter()
     train(linker, timed, epochs=1, lr=profile.lr, head_lr=profile.head_lr)
     _sync()
-    train_rate = len(examples[profile.batch_size:]) / (time.perf_counter() - start)
+    train_rate = len(examples[profile.batch_size :]) / (time.perf_counter() - start)
     batches = linking_batches(linker, examples, profile.eval_batch_size)
     linker.eval()
     with torch.no_grad():
@@ -121,8 +133,7 @@ def measure_rates(model: str, task_name: str, profile: Profile, seed: int = 0,
             linker(inputs)
         _sync()
     eval_rate = len(examples) / (time.perf_counter() - start)
-    return {"train_per_s": train_rate, "eval_per_s": eval_rate,
-            "device": str(linker.device())}
+    return {"train_per_s": train_rate, "eval_per_s": eval_rate, "device": str(linker.device())}
 
 
 def estimate_breakdown(work: dict, rates: dict) -> dict[str, float]:
@@ -165,6 +176,7 @@ def plain_fwd_bwd(model: nn.Module, batches: Sequence, seed: int = 0) -> Callabl
             y = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=gen).squeeze(1)
             grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), params)
         return grads
+
     return run
 
 
@@ -186,12 +198,15 @@ def _timed(fns: Mapping[str, Callable], repeats: int) -> dict[str, list[float]]:
 
 def _summary(times: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
     ref = statistics.median(times[base])
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "over_" + base.replace(" ", "_"): statistics.median(v) / ref}
-            for k, v in times.items()}
+    return {
+        k: {"median_s": statistics.median(v), "min_s": min(v), "over_" + base.replace(" ", "_"): statistics.median(v) / ref}
+        for k, v in times.items()
+    }
 
 
-def time_curvature(model: nn.Module, batches: Sequence, *, weight_sharing: str = "reduce",
-                   diagonal_modules: Sequence[str] = (), repeats: int = 3) -> dict[str, dict[str, float]]:
+def time_curvature(
+    model: nn.Module, batches: Sequence, *, weight_sharing: str = "reduce", diagonal_modules: Sequence[str] = (), repeats: int = 3
+) -> dict[str, dict[str, float]]:
     """Median and minimum seconds of a plain forward+backward (:func:`plain_fwd_bwd`), a
     KFAC fit and an EWC fit (MC Fisher, one sample) over the same ``batches``, and each
     median over the plain pass's (``over_plain_fwd+bwd``)."""
@@ -201,8 +216,15 @@ def time_curvature(model: nn.Module, batches: Sequence, *, weight_sharing: str =
     model.eval()
     fns = {
         "plain fwd+bwd": plain_fwd_bwd(model, batches),
-        "KFAC fit": lambda: KFAC.fit(model, batches, fisher="mc", mc_samples=1, weight_sharing=weight_sharing,
-                                     diagonal_modules=tuple(diagonal_modules), progress=False),
+        "KFAC fit": lambda: KFAC.fit(
+            model,
+            batches,
+            fisher="mc",
+            mc_samples=1,
+            weight_sharing=weight_sharing,
+            diagonal_modules=tuple(diagonal_modules),
+            progress=False,
+        ),
         "EWC fit": lambda: EWC.fit(model, batches, fisher="mc", mc_samples=1, progress=False),
     }
     try:
@@ -211,8 +233,9 @@ def time_curvature(model: nn.Module, batches: Sequence, *, weight_sharing: str =
         model.train(was_training)
 
 
-def penalised_step(model: nn.Module, opt: torch.optim.Optimizer, inputs, targets: torch.Tensor,
-                   state: Optional[object] = None) -> None:
+def penalised_step(
+    model: nn.Module, opt: torch.optim.Optimizer, inputs, targets: torch.Tensor, state: Optional[object] = None
+) -> None:
     """One optimiser step on ``cross_entropy(model(inputs), targets) + state.penalty(model)``
     (no penalty when ``state`` is ``None``)."""
     loss = F.cross_entropy(model(inputs), targets)
@@ -223,8 +246,9 @@ def penalised_step(model: nn.Module, opt: torch.optim.Optimizer, inputs, targets
     opt.step()
 
 
-def time_penalty_steps(model: nn.Module, inputs, targets: torch.Tensor,
-                       states: Mapping[str, Optional[object]], repeats: int = 5) -> dict[str, dict[str, float]]:
+def time_penalty_steps(
+    model: nn.Module, inputs, targets: torch.Tensor, states: Mapping[str, Optional[object]], repeats: int = 5
+) -> dict[str, dict[str, float]]:
     """Seconds of one training step (forward, cross-entropy ``+ state.penalty(model)``,
     backward, optimiser step) on one batch, per consolidation state (``None``: the plain
     step, which must be present under the key ``"plain"``). The optimiser is SGD with

@@ -50,8 +50,16 @@ from .profiles import Profile
 from .toy import Task, toy_task
 
 __all__ = [
-    "METHODS", "MODELS", "SETTINGS", "build_linker", "load_tasks", "next_lambda",
-    "parameter_checksum", "prepare_task", "run_experiment", "validate",
+    "METHODS",
+    "MODELS",
+    "SETTINGS",
+    "build_linker",
+    "load_tasks",
+    "next_lambda",
+    "parameter_checksum",
+    "prepare_task",
+    "run_experiment",
+    "validate",
 ]
 
 MODELS = ("cnn", "bert")
@@ -61,6 +69,7 @@ _FAMILY = {m: s.family for m, s in METHOD_SPECS.items() if s.family in ("ewc", "
 
 
 # -- inputs ------------------------------------------------------------------------------
+
 
 def validate(model: str, methods: Sequence[str], tasks: Sequence, setting: str = "growing") -> None:
     """Refuse an unknown model/method/setting or an empty task up front, listing valid choices."""
@@ -81,8 +90,7 @@ def validate(model: str, methods: Sequence[str], tasks: Sequence, setting: str =
         name = getattr(task, "name", "?")
         for split in ("concepts", "train", "dev", "test"):
             if not getattr(task, split, None):
-                raise ValueError(f"task {name!r} is empty: no {split} (need concepts and "
-                                 "train/dev/test examples)")
+                raise ValueError(f"task {name!r} is empty: no {split} (need concepts and train/dev/test examples)")
     names = [getattr(t, "name", str(i)) for i, t in enumerate(tasks)]
     if len(set(names)) != len(names):
         raise ValueError(f"tasks listed twice: {names}")
@@ -102,8 +110,7 @@ def load_tasks(names: Sequence[str], profile: Profile, seed: int = 0) -> list[Ta
             fractions = {}
             if profile.split_fractions is not None:
                 fractions = dict(zip(("dev_fraction", "test_fraction"), profile.split_fractions))
-            task = load_task(name, seed=seed, max_concepts=profile.concepts_for(name),
-                             require_test=True, **fractions)
+            task = load_task(name, seed=seed, max_concepts=profile.concepts_for(name), require_test=True, **fractions)
         tasks.append(task)
     return tasks
 
@@ -126,8 +133,7 @@ def prepare_task(task, profile: Profile, seed: int = 0) -> Task:
     concepts = {c: task.concepts[c] for c in ids}
     train_ex, per = [], {}
     for mention, cid in task.train:
-        if cid in keep and (profile.max_train_per_concept is None
-                            or per.get(cid, 0) < profile.max_train_per_concept):
+        if cid in keep and (profile.max_train_per_concept is None or per.get(cid, 0) < profile.max_train_per_concept):
             per[cid] = per.get(cid, 0) + 1
             train_ex.append((mention, cid))
     if profile.train_on_names:
@@ -142,21 +148,25 @@ def prepare_task(task, profile: Profile, seed: int = 0) -> Task:
     return Task(name, concepts, train_ex, cut(task.dev, "dev"), cut(task.test, "test"))
 
 
-def build_linker(model: str, inventory: ConceptInventory, profile: Profile,
-                 setting: str = "growing", seed: int = 0,
-                 checkpoint: str | None = None) -> Linker:
+def build_linker(
+    model: str,
+    inventory: ConceptInventory,
+    profile: Profile,
+    setting: str = "growing",
+    seed: int = 0,
+    checkpoint: str | None = None,
+) -> Linker:
     """The profile's CNN or BERT linker over ``inventory``, seeded."""
     kwargs = dict(profile.linker)
     if model == "cnn":
-        return cnn_linker(inventory, setting=setting, max_length=profile.max_length,
-                          seed=seed, **kwargs)
+        return cnn_linker(inventory, setting=setting, max_length=profile.max_length, seed=seed, **kwargs)
     if model == "bert":
-        return bert_linker(inventory, setting=setting, max_length=profile.max_length,
-                           seed=seed, checkpoint=checkpoint, **kwargs)
+        return bert_linker(inventory, setting=setting, max_length=profile.max_length, seed=seed, checkpoint=checkpoint, **kwargs)
     raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
 
 # -- one run -----------------------------------------------------------------------------
+
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -198,8 +208,7 @@ def next_lambda(scores: dict[float, float], grid: Sequence[float], max_steps: in
 class _Sequence:
     """State shared by the methods of one experiment: the tasks, the linker, task 0."""
 
-    def __init__(self, linker: Linker, tasks: list[Task], profile: Profile, seed: int,
-                 progress: bool):
+    def __init__(self, linker: Linker, tasks: list[Task], profile: Profile, seed: int, progress: bool):
         self.linker, self.tasks, self.profile, self.seed = linker, tasks, profile, seed
         self.progress = progress
         self.device = linker.device()
@@ -215,12 +224,20 @@ class _Sequence:
             ids, examples = list(self.tasks[t].concepts), self.tasks[t].train
         seen_before = linker.seen.clone() if self.has_table else None
         linker.begin_task(ids)
-        batches = linking_batches(linker, examples, p.batch_size, shuffle=True,
-                                  seed=self.seed * 1000 + t)
+        batches = linking_batches(linker, examples, p.batch_size, shuffle=True, seed=self.seed * 1000 + t)
         torch.manual_seed(self.seed * 1000 + t)  # dropout
-        kwargs = dict(epochs=p.epochs, lr=p.lr, head_lr=p.head_lr, penalty=penalty, lam=lam,
-                      method=method, task=self.tasks[t].name, max_grad_norm=p.max_grad_norm,
-                      label_smoothing=p.label_smoothing, progress=self.progress)
+        kwargs = dict(
+            epochs=p.epochs,
+            lr=p.lr,
+            head_lr=p.head_lr,
+            penalty=penalty,
+            lam=lam,
+            method=method,
+            task=self.tasks[t].name,
+            max_grad_norm=p.max_grad_norm,
+            label_smoothing=p.label_smoothing,
+            progress=self.progress,
+        )
         if spec.freeze_encoder and t > 0:
             new_rows = (linker.seen & ~seen_before) if self.has_table else None
             with frozen_encoder(linker, new_rows):
@@ -242,23 +259,20 @@ class _Sequence:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # several processes: every rank fits on its share of the batches; the fit sums
             # the statistics over the ranks (kfac_tutorial.curvature.distributed)
-            batches = batches[torch.distributed.get_rank()::torch.distributed.get_world_size()]
-        common = dict(fisher=p.fisher, mc_samples=p.mc_samples, seed=self.seed * 1000 + t,
-                      progress=False)
+            batches = batches[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+        common = dict(fisher=p.fisher, mc_samples=p.mc_samples, seed=self.seed * 1000 + t, progress=False)
         if family == "ewc":
             return EWC.fit(linker, batches, **common)
         modules = dict(linker.named_modules())
         diagonal = tuple(m for m in p.kfac_diagonal if m in modules)
-        return KFAC.fit(linker, batches, weight_sharing=p.weight_sharing,
-                        diagonal_modules=diagonal, **common)
+        return KFAC.fit(linker, batches, weight_sharing=p.weight_sharing, diagonal_modules=diagonal, **common)
 
     # evaluation -----------------------------------------------------------------------
     def _score(self, task: Task) -> tuple[dict, dict]:
         p, linker = self.profile, self.linker
         with linker.scoring(list(task.concepts)):
             test = evaluate_hits(linker, linking_batches(linker, task.test, p.eval_batch_size))
-            dev = evaluate_hits(linker, linking_batches(linker, task.dev, p.eval_batch_size),
-                                ks=(1,))
+            dev = evaluate_hits(linker, linking_batches(linker, task.dev, p.eval_batch_size), ks=(1,))
         return test, dev
 
     def evaluate_row(self, t: int) -> dict[str, list]:
@@ -332,10 +346,17 @@ def _summary(rows: list[dict], restored: list | None) -> dict:
     return out
 
 
-def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile: Profile,
-                   seed: int = 0, setting: str = "growing", progress: bool = True,
-                   checkpoint: str | None = None,
-                   on_update: Callable[[dict], None] | None = None) -> dict:
+def run_experiment(
+    model: str,
+    tasks: Sequence,
+    methods: Sequence[str],
+    profile: Profile,
+    seed: int = 0,
+    setting: str = "growing",
+    progress: bool = True,
+    checkpoint: str | None = None,
+    on_update: Callable[[dict], None] | None = None,
+) -> dict:
     """Run every method over ``tasks`` in order; returns the results dict of one seed.
 
     ``tasks``: objects with ``name``, ``concepts``, ``train``, ``dev``, ``test`` (cut to
@@ -362,20 +383,26 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
     specs = {m: method_spec(m) for m in order}
 
     results = {
-        "model": model, "tasks": [t.name for t in tasks], "profile": profile.name,
-        "seed": seed, "setting": setting, "forgetting_kind": "max",
+        "model": model,
+        "tasks": [t.name for t in tasks],
+        "profile": profile.name,
+        "seed": seed,
+        "setting": setting,
+        "forgetting_kind": "max",
         "lambda_selection": "final average dev acc@1; the grid extended ×10 past an edge optimum",
         "concepts": len(inventory),
-        "examples": {t.name: {"concepts": len(t.concepts), "train": len(t.train),
-                              "dev": len(t.dev), "test": len(t.test)} for t in tasks},
-        "device": str(run.device) if run.device.type != "cuda"
-        else torch.cuda.get_device_name(run.device),
-        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "config": _jsonable(asdict(profile)), "methods": {},
+        "examples": {
+            t.name: {"concepts": len(t.concepts), "train": len(t.train), "dev": len(t.dev), "test": len(t.test)} for t in tasks
+        },
+        "device": str(run.device) if run.device.type != "cuda" else torch.cuda.get_device_name(run.device),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "config": _jsonable(asdict(profile)),
+        "methods": {},
     }
 
-    grids = {m: (tuple(sorted(profile.lambdas[s.family])) if s.swept else (0.0,))
-             for m, s in specs.items()}
+    grids = {m: (tuple(sorted(profile.lambdas[s.family])) if s.swept else (0.0,)) for m, s in specs.items()}
     total = 1 + sum(len(grids[m]) * (T - 1) for m in order)
     bar = None
     if progress:
@@ -440,16 +467,18 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
                 "test_hits": _matrix(rows, "hits"),
                 "test_hits_restored": restored,
                 "curvature_bytes": int(state.memory_bytes()) if state is not None else 0,
-                "seconds": shared_seconds + fit0_seconds.get(family, 0.0)
-                + time.perf_counter() - run_start,
+                "seconds": shared_seconds + fit0_seconds.get(family, 0.0) + time.perf_counter() - run_start,
                 "parameter_sha1": parameter_checksum(linker),
-                **{f"test_{k}": v for k, v in _summary(rows, restored).items()
-                   if k in ("avg_forgetting", "plasticity", "final_avg_accuracy",
-                            "forgetting_encoder", "forgetting_table")},
+                **{
+                    f"test_{k}": v
+                    for k, v in _summary(rows, restored).items()
+                    if k in ("avg_forgetting", "plasticity", "final_avg_accuracy", "forgetting_encoder", "forgetting_table")
+                },
             }
             if not queue and spec.swept and T > 1:
-                nxt = next_lambda({lam_: s["dev_final_avg_accuracy"] for lam_, s in sweep.items()},
-                                  grids[method], profile.lambda_extension)
+                nxt = next_lambda(
+                    {lam_: s["dev_final_avg_accuracy"] for lam_, s in sweep.items()}, grids[method], profile.lambda_extension
+                )
                 if nxt is not None:
                     queue.append(nxt)
                     if bar is not None:
@@ -467,8 +496,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
             **metrics.summarize(best["accuracy_matrix"]),
             "lambda": best["lambda"],
             "seconds": best["seconds"],
-            "sweep_seconds": shared_seconds + fit0_seconds.get(family, 0.0)
-            + time.perf_counter() - method_start,
+            "sweep_seconds": shared_seconds + fit0_seconds.get(family, 0.0) + time.perf_counter() - method_start,
             "peak_memory_mb": _peak_memory_mb(run.device),
             "curvature_bytes": best["curvature_bytes"],
             "parameter_sha1": best["parameter_sha1"],
@@ -478,8 +506,7 @@ def run_experiment(model: str, tasks: Sequence, methods: Sequence[str], profile:
         for k in ("avg_forgetting", "plasticity", "final_avg_accuracy"):
             entry.pop(f"test_{k}", None)
         if spec.swept:
-            entry["sweep"] = [{"lambda": lam, "dev_score": sweep[lam]["dev_final_avg_accuracy"]}
-                              for lam in tried]
+            entry["sweep"] = [{"lambda": lam, "dev_score": sweep[lam]["dev_final_avg_accuracy"]} for lam in tried]
             entry["lambda_interior"] = tried[0] < best["lambda"] < tried[-1]
             entry["lambda_sweep"] = [sweep[lam] for lam in tried]
         results["methods"][method] = entry
@@ -501,9 +528,12 @@ def _add_reductions(results: dict) -> None:
         if base is None:
             entry["forgetting_reduction"] = None
             continue
-        entry["forgetting_reduction"] = _clean(metrics.forgetting_reduction(
-            entry["avg_forgetting"] if entry["avg_forgetting"] is not None else float("nan"),
-            base["avg_forgetting"] if base["avg_forgetting"] is not None else float("nan")))
+        entry["forgetting_reduction"] = _clean(
+            metrics.forgetting_reduction(
+                entry["avg_forgetting"] if entry["avg_forgetting"] is not None else float("nan"),
+                base["avg_forgetting"] if base["avg_forgetting"] is not None else float("nan"),
+            )
+        )
 
 
 def _clean(x):

@@ -48,16 +48,19 @@ class MethodSpec:
         return self.family is not None
 
 
-METHOD_SPECS: dict[str, MethodSpec] = {s.name: s for s in (
-    MethodSpec("finetune"),
-    MethodSpec("ewc", "ewc"),
-    MethodSpec("kfac", "kfac"),
-    MethodSpec("ewc_online", "ewc", online=True),
-    MethodSpec("kfac_online", "kfac", online=True),
-    MethodSpec("l2", "l2"),
-    MethodSpec("frozen", freeze_encoder=True),
-    MethodSpec("joint", data="union"),
-)}
+METHOD_SPECS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        MethodSpec("finetune"),
+        MethodSpec("ewc", "ewc"),
+        MethodSpec("kfac", "kfac"),
+        MethodSpec("ewc_online", "ewc", online=True),
+        MethodSpec("kfac_online", "kfac", online=True),
+        MethodSpec("l2", "l2"),
+        MethodSpec("frozen", freeze_encoder=True),
+        MethodSpec("joint", data="union"),
+    )
+}
 METHODS = tuple(METHOD_SPECS)
 
 
@@ -124,8 +127,7 @@ class L2Anchor:
         return L2Anchor([(gamma * w, a, m) for w, a, m in self.terms] + new.terms)
 
     def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for _, a, m in self.terms
-                   for t in list(a.values()) + list(m.values()))
+        return sum(t.numel() * t.element_size() for _, a, m in self.terms for t in list(a.values()) + list(m.values()))
 
 
 @contextmanager

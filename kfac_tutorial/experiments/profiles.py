@@ -40,28 +40,28 @@ class Profile:
     the online variants use their family's grid."""
 
     name: str
-    max_concepts: int | dict | None   # concepts per task (None: all; a dict: per task name)
+    max_concepts: int | dict | None  # concepts per task (None: all; a dict: per task name)
     max_train_per_concept: int | None  # training mentions kept per concept
-    max_eval: int | None              # dev / test examples per task
+    max_eval: int | None  # dev / test examples per task
     epochs: int
     batch_size: int
-    lr: float                         # encoder learning rate
-    head_lr: float                    # concept-table learning rate
-    max_length: int                   # characters (CNN) or word pieces (BERT)
+    lr: float  # encoder learning rate
+    head_lr: float  # concept-table learning rate
+    max_length: int  # characters (CNN) or word pieces (BERT)
     lambdas: dict = field(default_factory=dict)
     fisher: str = "mc"
     mc_samples: int = 1
     fisher_examples: int | None = None  # training examples used for the Fisher
-    gamma: float = 1.0                # online decay
+    gamma: float = 1.0  # online decay
     kfac_diagonal: tuple = ("table",)  # modules KFAC holds diagonally (the concept table)
-    weight_sharing: str = "reduce"    # KFAC over tokens/positions (see the module notes)
+    weight_sharing: str = "reduce"  # KFAC over tokens/positions (see the module notes)
     label_smoothing: float = 0.0
-    train_on_names: bool = True       # preferred names are training mentions too
+    train_on_names: bool = True  # preferred names are training mentions too
     max_grad_norm: float | None = 5.0
     eval_batch_size: int = 256
     linker: dict = field(default_factory=dict)  # extra arguments of cnn_linker/bert_linker
     split_fractions: tuple | None = None  # (dev, test) fractions of load_task (None: its defaults)
-    lambda_extension: int = 3         # at most this many ×10 steps beyond either end of a grid
+    lambda_extension: int = 3  # at most this many ×10 steps beyond either end of a grid
 
     def with_overrides(self, **kw) -> "Profile":
         return replace(self, **kw)
@@ -85,56 +85,128 @@ _CPU_BERT_CONCEPTS = {"diseases": 270, "drugs": 250, "phenotypes": 850, "icd10cm
 
 _PROFILES: dict[tuple[str, str], Profile] = {
     ("cnn", "test"): Profile(
-        "test", max_concepts=12, max_train_per_concept=3, max_eval=12, epochs=3,
-        batch_size=16, lr=3e-3, head_lr=3e-3, max_length=24,
-        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)}, fisher_examples=32,
+        "test",
+        max_concepts=12,
+        max_train_per_concept=3,
+        max_eval=12,
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        head_lr=3e-3,
+        max_length=24,
+        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)},
+        fisher_examples=32,
         lambda_extension=1,
         linker={"embed_dim": 16, "channels": 32, "dim": 32},
     ),
     ("bert", "test"): Profile(
-        "test", max_concepts=12, max_train_per_concept=3, max_eval=12, epochs=2,
-        batch_size=16, lr=1e-3, head_lr=3e-3, max_length=12,
-        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)}, fisher_examples=32,
+        "test",
+        max_concepts=12,
+        max_train_per_concept=3,
+        max_eval=12,
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        head_lr=3e-3,
+        max_length=12,
+        lambdas={"ewc": (1.0, 100.0), "kfac": (1.0, 100.0), "l2": (0.1, 10.0)},
+        fisher_examples=32,
         lambda_extension=1,
-        linker={"pretrained": False, "config_overrides": {
-            "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-            "intermediate_size": 64}},
+        linker={
+            "pretrained": False,
+            "config_overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+        },
     ),
     ("cnn", "ci"): Profile(
-        "ci", max_concepts=150, max_train_per_concept=4, max_eval=200, epochs=12,
-        batch_size=32, lr=2e-3, head_lr=2e-3, max_length=40,
+        "ci",
+        max_concepts=150,
+        max_train_per_concept=4,
+        max_eval=200,
+        epochs=12,
+        batch_size=32,
+        lr=2e-3,
+        head_lr=2e-3,
+        max_length=40,
         lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5), "l2": (1e-2, 1e-1, 1.0)},
-        mc_samples=8, fisher_examples=256, weight_sharing="expand",
+        mc_samples=8,
+        fisher_examples=256,
+        weight_sharing="expand",
     ),
     ("bert", "ci"): Profile(
-        "ci", max_concepts=100, max_train_per_concept=3, max_eval=150, epochs=3,
-        batch_size=32, lr=5e-5, head_lr=2e-3, max_length=16,
-        lambdas={"ewc": (1e2, 1e4, 1e6), "kfac": (1e2, 1e4, 1e6), "l2": (1e-2, 1.0)}, fisher_examples=256,
+        "ci",
+        max_concepts=100,
+        max_train_per_concept=3,
+        max_eval=150,
+        epochs=3,
+        batch_size=32,
+        lr=5e-5,
+        head_lr=2e-3,
+        max_length=16,
+        lambdas={"ewc": (1e2, 1e4, 1e6), "kfac": (1e2, 1e4, 1e6), "l2": (1e-2, 1.0)},
+        fisher_examples=256,
         linker={"freeze_embeddings": True},
     ),
     ("cnn", "cpu"): Profile(
-        "cpu", max_concepts=_CPU_CNN_CONCEPTS, max_train_per_concept=2, max_eval=1000, epochs=4,
-        batch_size=32, lr=2e-3, head_lr=2e-3, max_length=40,
+        "cpu",
+        max_concepts=_CPU_CNN_CONCEPTS,
+        max_train_per_concept=2,
+        max_eval=1000,
+        epochs=4,
+        batch_size=32,
+        lr=2e-3,
+        head_lr=2e-3,
+        max_length=40,
         lambdas={"ewc": (1e3, 1e4, 1e5), "kfac": (1e3, 1e4, 1e5), "l2": (1e-3, 1e-2, 1e-1)},
-        mc_samples=8, fisher_examples=256, weight_sharing="expand", split_fractions=(0.3, 0.3),
+        mc_samples=8,
+        fisher_examples=256,
+        weight_sharing="expand",
+        split_fractions=(0.3, 0.3),
     ),
     ("bert", "cpu"): Profile(
-        "cpu", max_concepts=_CPU_BERT_CONCEPTS, max_train_per_concept=2, max_eval=600, epochs=2,
-        batch_size=32, lr=5e-5, head_lr=2e-3, max_length=16,
+        "cpu",
+        max_concepts=_CPU_BERT_CONCEPTS,
+        max_train_per_concept=2,
+        max_eval=600,
+        epochs=2,
+        batch_size=32,
+        lr=5e-5,
+        head_lr=2e-3,
+        max_length=16,
         lambdas={"ewc": (1e3, 1e4, 1e5), "kfac": (1e3, 1e4, 1e5), "l2": (1e-3, 1e-2, 1e-1)},
-        fisher_examples=256, linker={"freeze_embeddings": True}, split_fractions=(0.3, 0.3),
+        fisher_examples=256,
+        linker={"freeze_embeddings": True},
+        split_fractions=(0.3, 0.3),
     ),
     ("cnn", "full"): Profile(
-        "full", max_concepts=None, max_train_per_concept=None, max_eval=None, epochs=15,
-        batch_size=128, lr=2e-3, head_lr=2e-3, max_length=64,
+        "full",
+        max_concepts=None,
+        max_train_per_concept=None,
+        max_eval=None,
+        epochs=15,
+        batch_size=128,
+        lr=2e-3,
+        head_lr=2e-3,
+        max_length=64,
         lambdas={"ewc": (1e1, 1e2, 1e3, 1e4, 1e5), "kfac": (1e1, 1e2, 1e3, 1e4, 1e5), "l2": (1e-2, 1e-1, 1.0)},
-        mc_samples=8, fisher_examples=20000, weight_sharing="expand", eval_batch_size=1024,
+        mc_samples=8,
+        fisher_examples=20000,
+        weight_sharing="expand",
+        eval_batch_size=1024,
     ),
     ("bert", "full"): Profile(
-        "full", max_concepts=None, max_train_per_concept=None, max_eval=None, epochs=3,
-        batch_size=64, lr=3e-5, head_lr=2e-3, max_length=32,
+        "full",
+        max_concepts=None,
+        max_train_per_concept=None,
+        max_eval=None,
+        epochs=3,
+        batch_size=64,
+        lr=3e-5,
+        head_lr=2e-3,
+        max_length=32,
         lambdas={"ewc": (1e2, 1e3, 1e4, 1e5), "kfac": (1e2, 1e3, 1e4, 1e5), "l2": (1e-2, 1e-1, 1.0)},
-        mc_samples=4, fisher_examples=20000, eval_batch_size=1024,
+        mc_samples=4,
+        fisher_examples=20000,
+        eval_batch_size=1024,
     ),
 }
 
@@ -147,6 +219,4 @@ def get_profile(model: str, name: str) -> Profile:
         return _PROFILES[(model, name)]
     except KeyError:
         models = sorted({m for m, _ in _PROFILES})
-        raise ValueError(
-            f"no profile {name!r} for model {model!r}; models: {models}, "
-            f"profiles: {list(PROFILE_NAMES)}") from None
+        raise ValueError(f"no profile {name!r} for model {model!r}; models: {models}, profiles: {list(PROFILE_NAMES)}") from None

@@ -12,9 +12,22 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["REPOSITORY_RAW", "benchmark_tables", "comparisons_table", "evidence_table", "format_interval",
-           "frontier_sentence", "frontier_table", "methods_table", "verdict_sentence", "read_recorded", "read_results", "reproduction_check",
-           "sweep_table", "write_json_atomic"]
+__all__ = [
+    "REPOSITORY_RAW",
+    "benchmark_tables",
+    "comparisons_table",
+    "evidence_table",
+    "format_interval",
+    "frontier_sentence",
+    "frontier_table",
+    "methods_table",
+    "verdict_sentence",
+    "read_recorded",
+    "read_results",
+    "reproduction_check",
+    "sweep_table",
+    "write_json_atomic",
+]
 
 #: Where :func:`read_recorded` fetches a recorded file when no checkout is at hand: the
 #: pinned release the chapters install (kfac_tutorial._release), never a moving branch.
@@ -95,15 +108,19 @@ def sweep_table(results: dict):
     for m in _ordered(results):
         e = results["methods"][m]
         for s in e.get("lambda_sweep", []):
-            rows.append({
-                "method": m, "λ": s["lambda"], "chosen": s["lambda"] == e["lambda"],
-                "dev final avg acc": s.get("dev_final_avg_accuracy"),
-                "dev forgetting": s.get("dev_avg_forgetting"),
-                "dev plasticity": s.get("dev_plasticity"),
-                "test final avg acc": s.get("test_final_avg_accuracy"),
-                "test forgetting": s.get("test_avg_forgetting"),
-                "test plasticity": s.get("test_plasticity"),
-            })
+            rows.append(
+                {
+                    "method": m,
+                    "λ": s["lambda"],
+                    "chosen": s["lambda"] == e["lambda"],
+                    "dev final avg acc": s.get("dev_final_avg_accuracy"),
+                    "dev forgetting": s.get("dev_avg_forgetting"),
+                    "dev plasticity": s.get("dev_plasticity"),
+                    "test final avg acc": s.get("test_final_avg_accuracy"),
+                    "test forgetting": s.get("test_avg_forgetting"),
+                    "test plasticity": s.get("test_plasticity"),
+                }
+            )
     return pd.DataFrame(rows).set_index(["method", "λ"]) if rows else pd.DataFrame()
 
 
@@ -149,40 +166,69 @@ def benchmark_tables(results: dict) -> dict:
     ``growth_tasks``; a section the file lacks gives an empty table."""
     import pandas as pd
 
-    est = [{"workload": r["workload"], "variant": r["variant"], "method": r["method"], "ok": r["ok"],
-            "seconds": r.get("median_s"), "x plain fwd+bwd": r.get("over_plain_fwd_bwd"),
-            "peak MiB": r.get("peak_mib"), "error": r.get("error", "")}
-           for r in results.get("estimation", []) if r.get("method") != "_notes"]
+    est = [
+        {
+            "workload": r["workload"],
+            "variant": r["variant"],
+            "method": r["method"],
+            "ok": r["ok"],
+            "seconds": r.get("median_s"),
+            "x plain fwd+bwd": r.get("over_plain_fwd_bwd"),
+            "peak MiB": r.get("peak_mib"),
+            "error": r.get("error", ""),
+        }
+        for r in results.get("estimation", [])
+        if r.get("method") != "_notes"
+    ]
     steps = []
     for key in [k for k in results if k == "step" or k.startswith("step_")]:
         entry = results[key]
         if not entry:
             continue
         for r in entry["rows"]:
-            steps.append({"workload": entry["workload"], "fisher examples": entry["fisher_examples"],
-                          "batch": entry["batch_size"], "variant": r["variant"], "seconds": r["median_s"],
-                          "x plain step": r["over_plain"],
-                          "state x params": r.get("state_over_parameters",
-                                                  r["state_bytes"] / entry["parameter_bytes"] if "parameter_bytes" in entry else None),
-                          "penalty rel. error": r.get("penalty_rel_error_after_training_steps")})
+            steps.append(
+                {
+                    "workload": entry["workload"],
+                    "fisher examples": entry["fisher_examples"],
+                    "batch": entry["batch_size"],
+                    "variant": r["variant"],
+                    "seconds": r["median_s"],
+                    "x plain step": r["over_plain"],
+                    "state x params": r.get(
+                        "state_over_parameters",
+                        r["state_bytes"] / entry["parameter_bytes"] if "parameter_bytes" in entry else None,
+                    ),
+                    "penalty rel. error": r.get("penalty_rel_error_after_training_steps"),
+                }
+            )
     state = []
     for workload, entry in results.get("state", {}).items():
         for storage in ("full", "low_rank_tol=0.0", "low_rank_tol=0.01"):
             e = entry.get(storage)
             if not e:
                 continue
-            row = {"workload": workload, "storage": storage, "fisher examples": entry.get("fisher_examples"),
-                   "in memory x params": e["state_over_parameters"], "file x params": e["file_curvature_over_parameters"]}
+            row = {
+                "workload": workload,
+                "storage": storage,
+                "fisher examples": entry.get("fisher_examples"),
+                "in memory x params": e["state_over_parameters"],
+                "file x params": e["file_curvature_over_parameters"],
+            }
             row.update({f"{kind} x params": v["ratio"] for kind, v in e["by_kind"].items()})
             state.append(row)
     growth = results.get("growth", {})
-    return {"estimation": pd.DataFrame(est), "step": pd.DataFrame(steps), "state": pd.DataFrame(state),
-            "growth_length": pd.DataFrame(growth.get("sequence_length", [])),
-            "growth_vocabulary": pd.DataFrame(growth.get("vocabulary", [])),
-            "growth_tasks": pd.DataFrame(growth.get("tasks", []))}
+    return {
+        "estimation": pd.DataFrame(est),
+        "step": pd.DataFrame(steps),
+        "state": pd.DataFrame(state),
+        "growth_length": pd.DataFrame(growth.get("sequence_length", [])),
+        "growth_vocabulary": pd.DataFrame(growth.get("vocabulary", [])),
+        "growth_tasks": pd.DataFrame(growth.get("tasks", [])),
+    }
 
 
 # -- several seeds ------------------------------------------------------------------------------
+
 
 def format_interval(mean, ci, fmt: str = "{:.1%}") -> str:
     """``0.5, [0.4, 0.6]`` → ``"50.0% [40.0%, 60.0%]"``; ``–`` for a missing value."""
@@ -216,8 +262,7 @@ def evidence_table(results: dict):
     return table
 
 
-def comparisons_table(results: dict, metric: str | None = "forgetting_reduction",
-                      pairs=None):
+def comparisons_table(results: dict, metric: str | None = "forgetting_reduction", pairs=None):
     """The ``comparisons`` of a multi-seed results dict as a table: ``a − b``, its 95%
     interval and the verdict (``tie`` exactly when the interval contains 0), for
     ``metric`` (None: every metric) and ``pairs`` (default: all)."""
@@ -230,9 +275,14 @@ def comparisons_table(results: dict, metric: str | None = "forgetting_reduction"
         if pairs is not None and (c["a"], c["b"]) not in pairs:
             continue
         fmt = "{:+.1%}" if c["metric"] == "forgetting_reduction" else "{:+.3f}"
-        rows.append({"a − b": f"{c['a']} − {c['b']}", "metric": c["metric"],
-                     "difference [95% interval]": format_interval(c["diff"], c["ci95"], fmt),
-                     "verdict": c["verdict"]})
+        rows.append(
+            {
+                "a − b": f"{c['a']} − {c['b']}",
+                "metric": c["metric"],
+                "difference [95% interval]": format_interval(c["diff"], c["ci95"], fmt),
+                "verdict": c["verdict"],
+            }
+        )
     return pd.DataFrame(rows).set_index("a − b") if rows else pd.DataFrame()
 
 
@@ -244,17 +294,24 @@ def frontier_table(results: dict):
 
     rows = []
     for c in results.get("frontier_comparisons", []):
-        rows.append({"a − b": f"{c['a']} − {c['b']}", "matched to": c["matched_to"],
-                     "plasticity": f"{c['plasticity']:.3f}" if c["plasticity"] is not None else "–",
-                     "forgetting a": f"{c['forgetting'][c['a']]:.3f}" if c["forgetting"][c["a"]] is not None else "–",
-                     "forgetting b": f"{c['forgetting'][c['b']]:.3f}" if c["forgetting"][c["b"]] is not None else "–",
-                     "a − b [95% interval]": format_interval(c["diff"], c["ci95"], "{:+.3f}"),
-                     "verdict": c["verdict"], "draws covered": f"{c['coverage']:.0%}"})
+        rows.append(
+            {
+                "a − b": f"{c['a']} − {c['b']}",
+                "matched to": c["matched_to"],
+                "plasticity": f"{c['plasticity']:.3f}" if c["plasticity"] is not None else "–",
+                "forgetting a": f"{c['forgetting'][c['a']]:.3f}" if c["forgetting"][c["a"]] is not None else "–",
+                "forgetting b": f"{c['forgetting'][c['b']]:.3f}" if c["forgetting"][c["b"]] is not None else "–",
+                "a − b [95% interval]": format_interval(c["diff"], c["ci95"], "{:+.3f}"),
+                "verdict": c["verdict"],
+                "draws covered": f"{c['coverage']:.0%}",
+            }
+        )
     return pd.DataFrame(rows).set_index(["a − b", "matched to"]) if rows else pd.DataFrame()
 
 
-def reproduction_check(live: dict, recorded: dict, methods, tolerance_mentions: int = 3,
-                       tolerance_accuracy: float = 0.05) -> dict:
+def reproduction_check(
+    live: dict, recorded: dict, methods, tolerance_mentions: int = 3, tolerance_accuracy: float = 0.05
+) -> dict:
     """Does a live run reproduce the recorded run of the same seed? For every method in
     ``methods`` and every accuracy ``R[t][k]``, the difference between ``live`` and the
     recorded seed (``recorded``'s per-seed entry whose ``seed`` equals ``live["seed"]``),
@@ -281,14 +338,23 @@ def reproduction_check(live: dict, recorded: dict, methods, tolerance_mentions: 
     worst, worst_acc = {}, {}
     for m in methods:
         a, b = live["methods"][m]["accuracy_matrix"], rec["methods"][m]["accuracy_matrix"]
-        pairs = [(abs(x - y), sizes[k]) for ra, rb in zip(a, b) for k, (x, y) in enumerate(zip(ra, rb))
-                 if x is not None and y is not None]
+        pairs = [
+            (abs(x - y), sizes[k])
+            for ra, rb in zip(a, b)
+            for k, (x, y) in enumerate(zip(ra, rb))
+            if x is not None and y is not None
+        ]
         worst[m] = int(round(max(d * n for d, n in pairs)))
         worst_acc[m] = float(max(d for d, _ in pairs))
     reproduced = all(v <= tolerance_mentions for v in worst.values())
-    return {"max_mentions": worst, "max_accuracy": worst_acc, "tolerance_mentions": tolerance_mentions,
-            "tolerance_accuracy": tolerance_accuracy, "reproduced": reproduced,
-            "agrees": reproduced or all(v <= tolerance_accuracy for v in worst_acc.values())}
+    return {
+        "max_mentions": worst,
+        "max_accuracy": worst_acc,
+        "tolerance_mentions": tolerance_mentions,
+        "tolerance_accuracy": tolerance_accuracy,
+        "reproduced": reproduced,
+        "agrees": reproduced or all(v <= tolerance_accuracy for v in worst_acc.values()),
+    }
 
 
 _WORDS = {
@@ -296,8 +362,7 @@ _WORDS = {
     "avg_forgetting": ("average forgetting", "forgets less than", "{:+.3f}"),
     "plasticity": ("plasticity", "is more plastic than", "{:+.3f}"),
     "final_avg_accuracy": ("final average accuracy", "ends with a higher final average accuracy than", "{:+.3f}"),
-    "forgetting_encoder": ("forgetting in the encoder (old table rows restored)",
-                           "forgets less in the encoder than", "{:+.3f}"),
+    "forgetting_encoder": ("forgetting in the encoder (old table rows restored)", "forgets less in the encoder than", "{:+.3f}"),
     "forgetting_table": ("forgetting in the concept table", "forgets less in the concept table than", "{:+.3f}"),
 }
 
@@ -311,8 +376,7 @@ def _label(m: str) -> str:
 def verdict_sentence(results: dict, a: str, b: str, metric: str = "forgetting_reduction") -> str:
     """One sentence for the book: the verdict of ``a`` vs ``b`` on ``metric`` from the
     results' ``comparisons`` (never re-decided here), with the difference and interval."""
-    found = [c for c in results.get("comparisons", []) if c["metric"] == metric
-             and {c["a"], c["b"]} == {a, b}]
+    found = [c for c in results.get("comparisons", []) if c["metric"] == metric and {c["a"], c["b"]} == {a, b}]
     if not found:
         return f"({_label(a)} vs {_label(b)}: not in these results.)"
     c = found[0]
@@ -320,27 +384,34 @@ def verdict_sentence(results: dict, a: str, b: str, metric: str = "forgetting_re
     n = len(results.get("seeds", [0]))
     diff = f"{_label(c['a'])} − {_label(c['b'])} = {format_interval(c['diff'], c['ci95'], fmt)}"
     if c["verdict"] == "tie":
-        return (f"{_label(a)} and {_label(b)} cannot be told apart on {words}: {diff} "
-                f"(95% interval over {n} seeds and the test mentions), and the interval contains 0.")
+        return (
+            f"{_label(a)} and {_label(b)} cannot be told apart on {words}: {diff} "
+            f"(95% interval over {n} seeds and the test mentions), and the interval contains 0."
+        )
     loser = c["b"] if c["verdict"] == c["a"] else c["a"]
-    return (f"{_label(c['verdict'])} {better} {_label(loser)}: {diff} (95% interval over {n} seeds "
-            f"and the test mentions; it excludes 0).")
+    return (
+        f"{_label(c['verdict'])} {better} {_label(loser)}: {diff} (95% interval over {n} seeds "
+        f"and the test mentions; it excludes 0)."
+    )
 
 
 def frontier_sentence(results: dict, a: str, b: str, matched_to: str) -> str:
     """One sentence: ``a`` vs ``b`` at the plasticity of ``matched_to``'s chosen runs,
     read off their frontiers (``frontier_comparisons``), with the verdict."""
-    found = [c for c in results.get("frontier_comparisons", [])
-             if (c["a"], c["b"], c["matched_to"]) == (a, b, matched_to)]
+    found = [c for c in results.get("frontier_comparisons", []) if (c["a"], c["b"], c["matched_to"]) == (a, b, matched_to)]
     if not found:
         return f"({_label(a)} vs {_label(b)} at matched plasticity: not in these results.)"
     c = found[0]
     if c["diff"] is None:
-        return (f"At the plasticity of {_label(matched_to)}'s chosen runs one of the two frontiers "
-                "does not reach: no matched reading.")
-    head = (f"At the plasticity of {_label(matched_to)}'s chosen runs ({c['plasticity']:.3f}), "
-            f"{_label(a)} forgets {c['forgetting'][a]:.3f} and {_label(b)} {c['forgetting'][b]:.3f} "
-            f"(difference {format_interval(c['diff'], c['ci95'], '{:+.3f}')})")
+        return (
+            f"At the plasticity of {_label(matched_to)}'s chosen runs one of the two frontiers "
+            "does not reach: no matched reading."
+        )
+    head = (
+        f"At the plasticity of {_label(matched_to)}'s chosen runs ({c['plasticity']:.3f}), "
+        f"{_label(a)} forgets {c['forgetting'][a]:.3f} and {_label(b)} {c['forgetting'][b]:.3f} "
+        f"(difference {format_interval(c['diff'], c['ci95'], '{:+.3f}')})"
+    )
     if c["verdict"] == "tie":
         return head + ": a tie, the interval contains 0."
     return head + f": {_label(c['verdict'])} forgets less, the interval excludes 0."

@@ -33,8 +33,9 @@ N_BOOT = 2000
 BOOTSTRAP_SEED = 0
 
 
-def combine_seeds(runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: int = BOOTSTRAP_SEED,
-                  frontier_boot: int = 500) -> dict:
+def combine_seeds(
+    runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: int = BOOTSTRAP_SEED, frontier_boot: int = 500
+) -> dict:
     """The combined results dict of several seeds' runs (module docs). Methods missing
     from some run (a run still in progress) are left out of the statistics."""
     if not runs:
@@ -60,8 +61,7 @@ def combine_seeds(runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: in
     for a, b in FRONTIER_PAIRS:
         if a in swept and b in swept:
             for ref in (a, b):
-                frontier.append(st.matched_comparison(runs, a, b, ref, n_boot=frontier_boot,
-                                                      bootstrap_seed=bootstrap_seed))
+                frontier.append(st.matched_comparison(runs, a, b, ref, n_boot=frontier_boot, bootstrap_seed=bootstrap_seed))
     out["frontier_comparisons"] = frontier
     power = {}
     for c in out["comparisons"]:
@@ -71,9 +71,9 @@ def combine_seeds(runs: Sequence[dict], n_boot: int = N_BOOT, bootstrap_seed: in
                 "mdd_per_seed": st.minimal_detectable_difference(c["ci95"], len(runs), 1),
             }
     out["statistics"] = {
-        "intervals": "paired two-stage percentile bootstrap over seeds and test mentions "
-                     "(kfac_tutorial.statistics)",
-        "n_boot": n_boot, "bootstrap_seed": bootstrap_seed,
+        "intervals": "paired two-stage percentile bootstrap over seeds and test mentions (kfac_tutorial.statistics)",
+        "n_boot": n_boot,
+        "bootstrap_seed": bootstrap_seed,
         "verdict": "tie exactly when the 95% interval of the difference contains 0",
         "minimal_detectable_difference": "(1.96 + 0.84) × SE of the difference (5% two-sided, 80% power)",
         "power": power,
@@ -87,10 +87,17 @@ def _partial_update(on_update, done: list, partial: dict) -> None:
         on_update(combine_seeds(done + [partial], n_boot=200, frontier_boot=50))
 
 
-def run_seeds(model: str, task_names: Sequence[str], methods: Sequence[str], profile: Profile,
-              seeds: Sequence[int], setting: str = "growing", progress: bool = True,
-              checkpoint: str | None = None,
-              on_update: Callable[[dict], None] | None = None) -> dict:
+def run_seeds(
+    model: str,
+    task_names: Sequence[str],
+    methods: Sequence[str],
+    profile: Profile,
+    seeds: Sequence[int],
+    setting: str = "growing",
+    progress: bool = True,
+    checkpoint: str | None = None,
+    on_update: Callable[[dict], None] | None = None,
+) -> dict:
     """Run the comparison once per seed and combine (:func:`combine_seeds`).
 
     ``on_update(combined)`` is called after every method of every seed with the
@@ -107,8 +114,19 @@ def run_seeds(model: str, task_names: Sequence[str], methods: Sequence[str], pro
 
         update = functools.partial(_partial_update, on_update, list(runs))
 
-        runs.append(run_experiment(model, tasks, methods, profile, seed=seed, setting=setting,
-                                   progress=progress, checkpoint=checkpoint, on_update=update))
+        runs.append(
+            run_experiment(
+                model,
+                tasks,
+                methods,
+                profile,
+                seed=seed,
+                setting=setting,
+                progress=progress,
+                checkpoint=checkpoint,
+                on_update=update,
+            )
+        )
     combined = combine_seeds(runs)
     if on_update is not None:
         on_update(combined)
@@ -121,13 +139,16 @@ def seed_runs(combined: dict) -> list[dict]:
     seeds = combined.get("seeds", [combined["seed"]])
     runs = []
     for i, seed in enumerate(seeds):
-        run = {k: v for k, v in combined.items()
-               if k not in ("methods", "seeds", "comparisons", "frontier_comparisons", "statistics",
-                            "examples_per_seed")}
+        run = {
+            k: v
+            for k, v in combined.items()
+            if k not in ("methods", "seeds", "comparisons", "frontier_comparisons", "statistics", "examples_per_seed")
+        }
         run["seed"] = seed
         run["examples"] = combined.get("examples_per_seed", {}).get(str(seed), combined["examples"])
-        run["methods"] = {m: e["seeds"][i] if "seeds" in e else e for m, e in combined["methods"].items()
-                          if "seeds" in e or i == 0}
+        run["methods"] = {
+            m: e["seeds"][i] if "seeds" in e else e for m, e in combined["methods"].items() if "seeds" in e or i == 0
+        }
         runs.append(run)
     return runs
 
@@ -164,8 +185,7 @@ def merge_recorded(*combined: dict, n_boot: int = N_BOOT) -> dict:
     order = ("finetune", "ewc", "kfac", "ewc_online", "kfac_online", "l2", "frozen", "joint")
     for seed in sorted(by_seed):
         run = by_seed[seed]
-        run["methods"] = dict(sorted(run["methods"].items(),
-                                     key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        run["methods"] = dict(sorted(run["methods"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         _add_reductions(run)
         runs.append(run)
     out = combine_seeds(runs, n_boot=n_boot)
@@ -208,12 +228,18 @@ def first_tasks(combined: dict, k: int, n_boot: int = N_BOOT, bootstrap_seed: in
     boot = st.bootstrap_seeds(runs, names, n_boot=n_boot, bootstrap_seed=bootstrap_seed)
     summary = st.summarize_seeds(boot)
     return {
-        "model": combined.get("model"), "profile": combined.get("profile"),
-        "tasks": list(combined["tasks"][:k]), "seeds": [r["seed"] for r in runs],
-        "methods": {m: {"mean": summary[m]["mean"], "ci95": summary[m]["ci95"],
-                        "seeds": [r["methods"][m] for r in runs]} for m in names},
+        "model": combined.get("model"),
+        "profile": combined.get("profile"),
+        "tasks": list(combined["tasks"][:k]),
+        "seeds": [r["seed"] for r in runs],
+        "methods": {
+            m: {"mean": summary[m]["mean"], "ci95": summary[m]["ci95"], "seeds": [r["methods"][m] for r in runs]} for m in names
+        },
         "comparisons": st.compare(boot),
-        "statistics": {"intervals": "paired two-stage percentile bootstrap over seeds and test mentions "
-                                    "(kfac_tutorial.statistics)", "n_boot": n_boot,
-                       "bootstrap_seed": bootstrap_seed, "first_tasks": k},
+        "statistics": {
+            "intervals": "paired two-stage percentile bootstrap over seeds and test mentions (kfac_tutorial.statistics)",
+            "n_boot": n_boot,
+            "bootstrap_seed": bootstrap_seed,
+            "first_tasks": k,
+        },
     }

@@ -50,16 +50,14 @@ def _noisy(word: str, rng: random.Random) -> str:
     return "".join(chars)
 
 
-def toy_task(name: str = "toy-a", n_concepts: int = 20, seed: int = 0,
-             train_per_concept: int = 3) -> Task:
+def toy_task(name: str = "toy-a", n_concepts: int = 20, seed: int = 0, train_per_concept: int = 3) -> Task:
     """A synthetic task; ``name`` ends in the syllable set (``toy-a``, ``toy-b``, ``toy-c``)."""
     flavour = name.rsplit("-", 1)[-1]
     syllables = _SYLLABLES.get(flavour, _SYLLABLES["a"])
     rng = random.Random(crc32(f"{name}:{seed}".encode()))
     concepts: dict = {}
     while len(concepts) < n_concepts:
-        words = ["".join(rng.choice(syllables) for _ in range(rng.randint(2, 3)))
-                 for _ in range(rng.randint(1, 2))]
+        words = ["".join(rng.choice(syllables) for _ in range(rng.randint(2, 3))) for _ in range(rng.randint(1, 2))]
         label = " ".join(words)
         if label not in concepts.values():
             concepts[f"{name.upper()}:{len(concepts):04d}"] = label

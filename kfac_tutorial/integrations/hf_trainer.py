@@ -90,11 +90,14 @@ class ConsolidationTrainer(Trainer):
         (the rule of ``Trainer.training_step``)."""
         if getattr(self, "loss_is_scaled_for_ga", None) is not None:
             return bool(self.loss_is_scaled_for_ga)
-        return bool((getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
-                    or getattr(self, "compute_loss_func", None) is not None)
+        return bool(
+            (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
+            or getattr(self, "compute_loss_func", None) is not None
+        )
 
-    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False,
-                     num_items_in_batch: Optional[Any] = None):
+    def compute_loss(
+        self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Optional[Any] = None
+    ):
         """The Trainer's loss plus ``lam · penalty`` (training mode, a state given)."""
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if self.consolidation is not None and self.lam != 0.0 and model.training:
@@ -115,8 +118,16 @@ class ConsolidationTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     # -- the new task's curvature ----------------------------------------------------------
-    def fit_curvature(self, dataset=None, kind: str = "kfac", fisher: str = "mc", mc_samples: int = 1,
-                      batch_size: Optional[int] = None, label_name: str = "labels", **fit_kwargs):
+    def fit_curvature(
+        self,
+        dataset=None,
+        kind: str = "kfac",
+        fisher: str = "mc",
+        mc_samples: int = 1,
+        batch_size: Optional[int] = None,
+        label_name: str = "labels",
+        **fit_kwargs,
+    ):
         """Fit ``kind`` (``"kfac"`` or ``"ewc"``) on ``dataset`` (default: the training set).
 
         Rank ``r`` of ``W`` processes takes examples ``r, r + W, …`` (all of them on one
@@ -136,12 +147,12 @@ class ConsolidationTrainer(Trainer):
         if hasattr(dataset, "column_names"):  # a datasets.Dataset: keep the model's inputs only
             dataset = self._remove_unused_columns(dataset, description="curvature")
         shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-        loader = torch.utils.data.DataLoader(shard, batch_size=batch_size or self.args.per_device_eval_batch_size,
-                                             collate_fn=self.data_collator, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            shard, batch_size=batch_size or self.args.per_device_eval_batch_size, collate_fn=self.data_collator, shuffle=False
+        )
         device = next(model.parameters()).device
         fit_kwargs.setdefault("progress", False)
-        return _KINDS[kind].fit(model, _Batches(loader, label_name, device), fisher=fisher,
-                                mc_samples=mc_samples, **fit_kwargs)
+        return _KINDS[kind].fit(model, _Batches(loader, label_name, device), fisher=fisher, mc_samples=mc_samples, **fit_kwargs)
 
     def save_curvature(self, state, path: PathLike) -> None:
         """Write ``state`` to ``path`` (safetensors, atomically) from the main process;

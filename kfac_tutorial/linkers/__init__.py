@@ -17,7 +17,16 @@ from .concept_table import MASKED_LOGIT, ConceptInventory, GrowingTableLinker, L
 from .tokenisation import CharTokenizer, HFTokenizer
 
 __all__ = [
-    "BertEncoder", "BiEncoderLinker", "CharCNNEncoder", "CharTokenizer",
-    "ConceptInventory", "GrowingTableLinker", "HFTokenizer", "Linker", "MASKED_LOGIT",
-    "bert_linker", "cnn_linker", "default_checkpoint",
+    "BertEncoder",
+    "BiEncoderLinker",
+    "CharCNNEncoder",
+    "CharTokenizer",
+    "ConceptInventory",
+    "GrowingTableLinker",
+    "HFTokenizer",
+    "Linker",
+    "MASKED_LOGIT",
+    "bert_linker",
+    "cnn_linker",
+    "default_checkpoint",
 ]

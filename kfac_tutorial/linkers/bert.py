@@ -42,20 +42,34 @@ class BertEncoder(nn.Module):
         self.bert = bert
         self.dim = bert.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         hidden = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask,
-            token_type_ids=token_type_ids, position_ids=position_ids,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
         ).last_hidden_state
         return masked_mean(hidden, attention_mask)
 
 
-def bert_linker(inventory: ConceptInventory, *, checkpoint: str | None = None,
-                setting: str = "growing", max_length: int = 24, scale: float = 5.0,
-                freeze_embeddings: bool = False, config_overrides: dict | None = None,
-                pretrained: bool = True, seed: int | None = None) -> Linker:
+def bert_linker(
+    inventory: ConceptInventory,
+    *,
+    checkpoint: str | None = None,
+    setting: str = "growing",
+    max_length: int = 24,
+    scale: float = 5.0,
+    freeze_embeddings: bool = False,
+    config_overrides: dict | None = None,
+    pretrained: bool = True,
+    seed: int | None = None,
+) -> Linker:
     """A BERT linker over ``inventory``.
 
     ``checkpoint``: hub name or local path (default: offline MiniLM).

@@ -30,8 +30,7 @@ class BiEncoderLinker(Linker):
 
     setting = "per_task"
 
-    def __init__(self, encoder: nn.Module, tokenizer, inventory: ConceptInventory,
-                 scale: float = 5.0):
+    def __init__(self, encoder: nn.Module, tokenizer, inventory: ConceptInventory, scale: float = 5.0):
         super().__init__(encoder, tokenizer, scale)
         self.inventory = inventory
         self.candidate_ids: list[str] = []

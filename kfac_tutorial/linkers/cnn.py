@@ -22,9 +22,17 @@ __all__ = ["CharCNNEncoder", "cnn_linker"]
 class CharCNNEncoder(nn.Module):
     """(B, T) character ids + (B, T) mask → (B, dim)."""
 
-    def __init__(self, vocab_size: int, embed_dim: int = 64, channels: int = 256,
-                 kernel_size: int = 3, layers: int = 2, dim: int = 256,
-                 pooling: str = "max", dropout: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 64,
+        channels: int = 256,
+        kernel_size: int = 3,
+        layers: int = 2,
+        dim: int = 256,
+        pooling: str = "max",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd ('same'-length convolutions)")
@@ -32,17 +40,14 @@ class CharCNNEncoder(nn.Module):
             raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.convs = nn.ModuleList(
-            nn.Conv1d(embed_dim if i == 0 else channels, channels, kernel_size,
-                      padding=kernel_size // 2)
-            for i in range(layers)
+            nn.Conv1d(embed_dim if i == 0 else channels, channels, kernel_size, padding=kernel_size // 2) for i in range(layers)
         )
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(channels, dim)
         self.pooling = pooling
         self.dim = dim
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                **unused) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused) -> torch.Tensor:
         mask = attention_mask.unsqueeze(1).to(torch.get_default_dtype())  # (B, 1, T)
         x = self.embed(input_ids).transpose(1, 2)  # (B, E, T)
         for conv in self.convs:
@@ -52,9 +57,15 @@ class CharCNNEncoder(nn.Module):
         return self.proj(pool(x, attention_mask))
 
 
-def cnn_linker(inventory: ConceptInventory, *, setting: str = "growing",
-               max_length: int = 48, scale: float = 5.0, seed: int | None = None,
-               **encoder_kwargs) -> Linker:
+def cnn_linker(
+    inventory: ConceptInventory,
+    *,
+    setting: str = "growing",
+    max_length: int = 48,
+    scale: float = 5.0,
+    seed: int | None = None,
+    **encoder_kwargs,
+) -> Linker:
     """A character-CNN linker over ``inventory`` (all concepts of all tasks).
 
     ``setting="growing"`` (main: one concept table that grows with tasks) or

@@ -121,8 +121,7 @@ class GrowingTableLinker(Linker):
 
     setting = "growing"
 
-    def __init__(self, encoder: nn.Module, tokenizer, inventory: ConceptInventory,
-                 scale: float = 5.0, center_names: bool = True):
+    def __init__(self, encoder: nn.Module, tokenizer, inventory: ConceptInventory, scale: float = 5.0, center_names: bool = True):
         super().__init__(encoder, tokenizer, scale)
         self.inventory = inventory
         self.center_names = center_names

@@ -73,7 +73,10 @@ class HFTokenizer:
         """``texts`` (B strings) → ``input_ids``, ``attention_mask``,
         ``token_type_ids``, ``position_ids``, each (B, T)."""
         enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
             return_tensors="pt",
         )
         ids = enc["input_ids"]

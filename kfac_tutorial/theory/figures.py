@@ -18,9 +18,15 @@ from .toys import ToyTask
 
 # the theory chapters' names for a curvature, in the palette of plots.METHOD_COLORS: the
 # diagonal Fisher is EWC's, KFAC is KFAC's; the exact Fisher is black (no method has it)
-_COLORS = {"exact": "#222222", "diagonal": METHOD_COLORS["ewc"], "EWC": METHOD_COLORS["ewc"],
-           "KFAC": METHOD_COLORS["kfac"], "empirical": METHOD_COLORS["kfac_online"],
-           "finetune": METHOD_COLORS["finetune"], "joint": METHOD_COLORS["joint"]}
+_COLORS = {
+    "exact": "#222222",
+    "diagonal": METHOD_COLORS["ewc"],
+    "EWC": METHOD_COLORS["ewc"],
+    "KFAC": METHOD_COLORS["kfac"],
+    "empirical": METHOD_COLORS["kfac_online"],
+    "finetune": METHOD_COLORS["finetune"],
+    "joint": METHOD_COLORS["joint"],
+}
 
 
 def use_style() -> None:
@@ -34,8 +40,9 @@ def color(name: str) -> Optional[str]:
 
 
 @torch.no_grad()
-def loss_surface(model: nn.Module, X: Tensor, y: Tensor, center: Sequence[float], radius: float,
-                 steps: int = 121) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def loss_surface(
+    model: nn.Module, X: Tensor, y: Tensor, center: Sequence[float], radius: float, steps: int = 121
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean cross-entropy on a ``steps × steps`` grid around ``center`` (two-parameter models).
 
     Returns: ``(W1, W2, L)``, each ``(steps, steps)`` (``W1`` varies along columns), with
@@ -76,8 +83,14 @@ def ellipse(matrix: Tensor, center: Sequence[float], level: float = 1.0, num: in
     return (pts + torch.tensor([float(v) for v in center], dtype=torch.float64)).numpy()
 
 
-def plot_loss_surface(ax, surface: tuple[np.ndarray, np.ndarray, np.ndarray], levels: Sequence[float],
-                      cmap: str = "Greys", label: Optional[str] = None, filled: bool = True):
+def plot_loss_surface(
+    ax,
+    surface: tuple[np.ndarray, np.ndarray, np.ndarray],
+    levels: Sequence[float],
+    cmap: str = "Greys",
+    label: Optional[str] = None,
+    filled: bool = True,
+):
     """Contours of a :func:`loss_surface` (filled in shades of ``cmap``) on ``ax``."""
     W1, W2, L = surface
     if filled:
@@ -90,8 +103,9 @@ def plot_loss_surface(ax, surface: tuple[np.ndarray, np.ndarray, np.ndarray], le
     return cs
 
 
-def plot_ellipses(ax, curvatures: Mapping[str, Tensor], center: Sequence[float], level: float,
-                  styles: Optional[Mapping[str, dict]] = None) -> None:
+def plot_ellipses(
+    ax, curvatures: Mapping[str, Tensor], center: Sequence[float], level: float, styles: Optional[Mapping[str, dict]] = None
+) -> None:
     """One ellipse ``½ Δᵀ M Δ = level`` per ``(label, (2, 2) matrix)``, and the centre."""
     for label, m in curvatures.items():
         pts = ellipse(m, center, level)
@@ -101,9 +115,13 @@ def plot_ellipses(ax, curvatures: Mapping[str, Tensor], center: Sequence[float],
     ax.set_aspect("equal")
 
 
-def plot_curvature_heatmaps(matrices: Mapping[str, Tensor], errors: Optional[Mapping[str, float]] = None,
-                            boundaries: Optional[Sequence[int]] = None, clip_quantile: float = 0.99,
-                            title: Optional[str] = None):
+def plot_curvature_heatmaps(
+    matrices: Mapping[str, Tensor],
+    errors: Optional[Mapping[str, float]] = None,
+    boundaries: Optional[Sequence[int]] = None,
+    clip_quantile: float = 0.99,
+    title: Optional[str] = None,
+):
     """Side-by-side heatmaps of ``(P, P)`` curvature matrices on one linear colour scale.
 
     Args:
@@ -142,8 +160,15 @@ def plot_curvature_heatmaps(matrices: Mapping[str, Tensor], errors: Optional[Map
 
 
 @torch.no_grad()
-def plot_decision_regions(ax, model: nn.Module, tasks: Sequence[ToyTask], extent: Sequence[float] = (-5, 5, -3.5, 3.5),
-                          steps: int = 200, split: str = "test", max_points: int = 150) -> None:
+def plot_decision_regions(
+    ax,
+    model: nn.Module,
+    tasks: Sequence[ToyTask],
+    extent: Sequence[float] = (-5, 5, -3.5, 3.5),
+    steps: int = 200,
+    split: str = "test",
+    max_points: int = 150,
+) -> None:
     """Shade ``ax`` by the class a 2-D classifier predicts and scatter the tasks' points.
 
     ``extent = (x_min, x_max, y_min, y_max)``; markers: one per task (``o``, ``s``, ``^``),
@@ -162,8 +187,16 @@ def plot_decision_regions(ax, model: nn.Module, tasks: Sequence[ToyTask], extent
         X, y = X[:max_points].double().numpy(), y[:max_points].numpy()
         for cls, c in [(0, "#1f77b4"), (1, "#ff7f0e")]:
             sel = y == cls
-            ax.scatter(X[sel, 0], X[sel, 1], s=12, marker=marker, color=c, edgecolor="white", linewidth=0.3,
-                       label=f"task {task.name}, class {cls}")
+            ax.scatter(
+                X[sel, 0],
+                X[sel, 1],
+                s=12,
+                marker=marker,
+                color=c,
+                edgecolor="white",
+                linewidth=0.3,
+                label=f"task {task.name}, class {cls}",
+            )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("$x_1$")
@@ -171,8 +204,14 @@ def plot_decision_regions(ax, model: nn.Module, tasks: Sequence[ToyTask], extent
     ax.set_aspect("equal")
 
 
-def plot_forgetting_curves(ax, histories: Mapping[str, Mapping[str, Sequence[float]]], key: str,
-                           chance: Optional[float] = None, linestyle: str = "-", label_suffix: str = "") -> None:
+def plot_forgetting_curves(
+    ax,
+    histories: Mapping[str, Mapping[str, Sequence[float]]],
+    key: str,
+    chance: Optional[float] = None,
+    linestyle: str = "-",
+    label_suffix: str = "",
+) -> None:
     """Accuracy on ``key`` (a monitored split of :func:`train_toy`) against the training step,
     one line per method: ``histories = {method: train_toy(...) result}``."""
     for method, h in histories.items():

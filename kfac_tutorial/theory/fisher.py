@@ -88,8 +88,9 @@ def _jacobian(model: nn.Module, inputs) -> tuple[Tensor, Tensor, nn.Module]:
     return out, jacrev(f)(theta), m
 
 
-def dense_fisher(model: nn.Module, inputs, targets: Optional[Tensor] = None, *, fisher: str = "exact",
-                 likelihood: str = "categorical") -> Tensor:
+def dense_fisher(
+    model: nn.Module, inputs, targets: Optional[Tensor] = None, *, fisher: str = "exact", likelihood: str = "categorical"
+) -> Tensor:
     """Brute-force mean per-example Fisher ``(P, P)`` in float64 (small models only).
 
     ``model(inputs)`` gives ``(N, C)`` or ``(N, T, C)`` outputs (then positions ``t`` are

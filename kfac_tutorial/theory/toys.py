@@ -29,8 +29,16 @@ class ToyTask:
     test: tuple[Tensor, Tensor]
 
 
-def region_task(name: str, center: Sequence[float], angle: float, n_train: int = 400, n_dev: int = 200,
-                n_test: int = 400, seed: int = 0, dtype: torch.dtype = torch.float32) -> ToyTask:
+def region_task(
+    name: str,
+    center: Sequence[float],
+    angle: float,
+    n_train: int = 400,
+    n_dev: int = 200,
+    n_test: int = 400,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> ToyTask:
     """Two classes in one region of the plane, split by a line through the region's centre.
 
     Inputs are standard normal points shifted to ``center``; the label is 1 on the side
@@ -52,8 +60,15 @@ def region_task(name: str, center: Sequence[float], angle: float, n_train: int =
     return ToyTask(name, draw(n_train), draw(n_dev), draw(n_test))
 
 
-def logistic_task(n: int, w_true: Sequence[float], corr: float = 0.0, scales: Sequence[float] = (1.0, 1.0),
-                  labels: str = "sampled", seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+def logistic_task(
+    n: int,
+    w_true: Sequence[float],
+    corr: float = 0.0,
+    scales: Sequence[float] = (1.0, 1.0),
+    labels: str = "sampled",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
     """Binary logistic-regression data in two dimensions, no intercept.
 
     ``x ~ N(0, Σ)`` with ``Σ = diag(scales) [[1, corr], [corr, 1]] diag(scales)``.
@@ -100,8 +115,13 @@ class BinaryLogistic(nn.Module):
         return torch.cat([torch.zeros_like(s), s], dim=-1)
 
 
-def mlp(sizes: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh, bias: bool = True,
-        dtype: torch.dtype = torch.float32, seed: Optional[int] = None) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int],
+    activation: Callable[[], nn.Module] = nn.Tanh,
+    bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+    seed: Optional[int] = None,
+) -> nn.Sequential:
     """``Linear → activation → … → Linear`` with layer widths ``sizes`` (input first).
 
     ``activation=None`` gives a deep *linear* network. Layers are named ``"0"``, ``"2"``, …
@@ -134,8 +154,15 @@ class TinyTextCNN(nn.Module):
     treats differently (diagonal ``A``, KFC patches, plain linear).
     """
 
-    def __init__(self, vocab_size: int = 20, dim: int = 6, channels: int = 5, kernel_size: int = 3,
-                 num_classes: int = 4, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        vocab_size: int = 20,
+        dim: int = 6,
+        channels: int = 5,
+        kernel_size: int = 3,
+        num_classes: int = 4,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, dim, dtype=dtype)
         self.conv = nn.Conv1d(dim, channels, kernel_size, padding=kernel_size // 2, dtype=dtype)
@@ -158,9 +185,18 @@ def accuracy(model: nn.Module, X: Tensor, y: Tensor) -> float:
     return acc
 
 
-def train_toy(model: nn.Module, X: Tensor, y: Tensor, *, steps: int, lr: float = 1e-2,
-              penalty: Optional[Callable[[nn.Module], Tensor]] = None, lam: float = 0.0,
-              monitor: Optional[Mapping[str, tuple[Tensor, Tensor]]] = None, every: int = 10) -> dict[str, list[float]]:
+def train_toy(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    lr: float = 1e-2,
+    penalty: Optional[Callable[[nn.Module], Tensor]] = None,
+    lam: float = 0.0,
+    monitor: Optional[Mapping[str, tuple[Tensor, Tensor]]] = None,
+    every: int = 10,
+) -> dict[str, list[float]]:
     """Full-batch Adam on ``cross_entropy(model(X), y) + lam * penalty(model)``.
 
     A toy loop for the seconds-long demonstrations of the theory chapters (the linkers
@@ -194,13 +230,26 @@ def train_toy(model: nn.Module, X: Tensor, y: Tensor, *, steps: int, lr: float =
     return history
 
 
-def minimize(model: nn.Module, X: Tensor, y: Tensor, *, penalty: Optional[Callable[[nn.Module], Tensor]] = None,
-             lam: float = 1.0, max_iter: int = 500) -> nn.Module:
+def minimize(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    penalty: Optional[Callable[[nn.Module], Tensor]] = None,
+    lam: float = 1.0,
+    max_iter: int = 500,
+) -> nn.Module:
     """Minimise ``cross_entropy(model(X), y) + lam * penalty(model)`` to convergence with
     full-batch L-BFGS (strong Wolfe line search): for the convex two-weight problems,
     where the exact minimiser is the point of the picture. Returns ``model`` (in place)."""
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-15, history_size=20)
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        max_iter=max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        history_size=20,
+    )
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)

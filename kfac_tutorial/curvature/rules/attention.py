@@ -86,10 +86,20 @@ def supports(module: nn.Module) -> Optional[str]:
     return None
 
 
-def attention_forward(module: nn.MultiheadAttention, site: CallSite, query: Tensor, key: Tensor, value: Tensor,
-                      key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
-                      attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
-                      is_causal: bool = False, *, state: Optional[dict] = None) -> tuple[Tensor, Optional[Tensor]]:
+def attention_forward(
+    module: nn.MultiheadAttention,
+    site: CallSite,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Optional[Tensor] = None,
+    need_weights: bool = True,
+    attn_mask: Optional[Tensor] = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+    *,
+    state: Optional[dict] = None,
+) -> tuple[Tensor, Optional[Tensor]]:
     """``nn.MultiheadAttention.forward`` (same arguments, same outputs to float noise) for a
     :func:`supports`-ed module, with the in-projection handed to ``site.record`` (one
     call per q/k/v group, see the module docstring) and ``out_proj`` called as a module.
@@ -97,9 +107,11 @@ def attention_forward(module: nn.MultiheadAttention, site: CallSite, query: Tens
     forward. ``state``: kept across the calls of one recording (its ``"groups"``, the
     grouping of the first call); None: a fresh one."""
     state = {} if state is None else state
+
     def stock():
-        return nn.MultiheadAttention.forward(module, query, key, value, key_padding_mask, need_weights,
-                                             attn_mask, average_attn_weights, is_causal)
+        return nn.MultiheadAttention.forward(
+            module, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+        )
 
     if not site.active:
         return stock()
@@ -122,13 +134,23 @@ def attention_forward(module: nn.MultiheadAttention, site: CallSite, query: Tens
     head_dim = embed // heads
 
     # masks, as F.multi_head_attention_forward canonicalises and merges them: additive floats
-    kpm = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
-                            other_type=F._none_or_dtype(attn_mask), other_name="attn_mask", target_type=x_q.dtype)
+    kpm = F._canonical_mask(
+        mask=key_padding_mask,
+        mask_name="key_padding_mask",
+        other_type=F._none_or_dtype(attn_mask),
+        other_name="attn_mask",
+        target_type=x_q.dtype,
+    )
     if is_causal and attn_mask is None:
         return stock()  # raises: the is_causal hint needs attn_mask
     causal = is_causal and kpm is None and not need_weights
-    mask = None if causal else F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None,
-                                                 other_name="", target_type=x_q.dtype, check_other=False)
+    mask = (
+        None
+        if causal
+        else F._canonical_mask(
+            mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="", target_type=x_q.dtype, check_other=False
+        )
+    )
     if mask is not None:
         if mask.dim() == 2 and tuple(mask.shape) == (length, src):
             mask = mask.view(1, 1, length, src)
@@ -193,12 +215,15 @@ def qkv_groups(query: Tensor, key: Tensor, value: Tensor) -> tuple[int, ...]:
 
 def regrouped(first: tuple, now: tuple) -> str:
     """The refusal reason of a call grouped otherwise than the recording's first call."""
-    return (f"called with q/k/v grouped as {group_names(now)} after a call grouped as {group_names(first)} "
-            "(e.g. as self-attention and as cross-attention): one set of factors cannot hold both")
+    return (
+        f"called with q/k/v grouped as {group_names(now)} after a call grouped as {group_names(first)} "
+        "(e.g. as self-attention and as cross-attention): one set of factors cannot hold both"
+    )
 
 
-def _grouped_projections(module: nn.MultiheadAttention, site: CallSite, groups: tuple, xs: tuple,
-                         real: Optional[Tensor], record: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _grouped_projections(
+    module: nn.MultiheadAttention, site: CallSite, groups: tuple, xs: tuple, real: Optional[Tensor], record: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """``q, k, v`` ``(N, L|S, E)`` by one recorded call per group: group ``g``'s input
     ``x_g`` (its lowest block's tensor) and output ``(N, T_g, 3E)``, its own blocks'
     projections ``x_g W_jᵀ + b_j`` with zeros in the other groups' columns (so the
@@ -266,9 +291,21 @@ def combine_streams(module: nn.Module, parts: dict, weight: str, bias: Optional[
 GROUPED_KIND = "multihead_attention_groups"
 FACTOR_TYPES[GROUPED_KIND] = QKVGroupFactors
 
-register(nn.MultiheadAttention, LayerRule(
-    "multihead_attention", supports, positions_last, positions_last, per_example_grads,
-    position_mask=tokens_mask, mask_length=token_axis_length, squared_grads=squared_grads,
-    factors=LayerFactors, weight="in_proj_weight", bias="in_proj_bias", attach=attach,
-    combine_streams=combine_streams,
-))
+register(
+    nn.MultiheadAttention,
+    LayerRule(
+        "multihead_attention",
+        supports,
+        positions_last,
+        positions_last,
+        per_example_grads,
+        position_mask=tokens_mask,
+        mask_length=token_axis_length,
+        squared_grads=squared_grads,
+        factors=LayerFactors,
+        weight="in_proj_weight",
+        bias="in_proj_bias",
+        attach=attach,
+        combine_streams=combine_streams,
+    ),
+)

@@ -58,11 +58,20 @@ def _conv1d_mask(module: nn.Conv1d, x: Tensor, out: Tensor, mask: Optional[Tenso
     return mask
 
 
-register(nn.Conv1d, LayerRule(
-    "conv1d", _ungrouped, _conv1d_inputs, _conv1d_output_grads, matrix_per_example_grads,
-    position_mask=_conv1d_mask, mask_length=_conv1d_length, squared_grads=matrix_squared_grads,
-    factors=LayerFactors,
-))
+register(
+    nn.Conv1d,
+    LayerRule(
+        "conv1d",
+        _ungrouped,
+        _conv1d_inputs,
+        _conv1d_output_grads,
+        matrix_per_example_grads,
+        position_mask=_conv1d_mask,
+        mask_length=_conv1d_length,
+        squared_grads=matrix_squared_grads,
+        factors=LayerFactors,
+    ),
+)
 
 
 # --- Conv2d ------------------------------------------------------------------------------
@@ -72,7 +81,15 @@ def _conv2d_inputs(module: nn.Conv2d, x: Tensor) -> Tensor:
     return patches.transpose(1, 2)
 
 
-register(nn.Conv2d, LayerRule(
-    "conv2d", _ungrouped, _conv2d_inputs, channels_last, matrix_per_example_grads,
-    squared_grads=matrix_squared_grads, factors=LayerFactors,
-))
+register(
+    nn.Conv2d,
+    LayerRule(
+        "conv2d",
+        _ungrouped,
+        _conv2d_inputs,
+        channels_last,
+        matrix_per_example_grads,
+        squared_grads=matrix_squared_grads,
+        factors=LayerFactors,
+    ),
+)

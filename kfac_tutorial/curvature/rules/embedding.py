@@ -47,7 +47,16 @@ def _per_example_grads(module: nn.Embedding, ids: Tensor, g: Tensor) -> dict:
     return {"weight": SparseRows(example, ids, values)}
 
 
-register(nn.Embedding, LayerRule(
-    "embedding", _supported, _inputs, positions_last, _per_example_grads,
-    position_mask=_mask, mask_length=_length, factors=DiagonalInputFactors,
-))
+register(
+    nn.Embedding,
+    LayerRule(
+        "embedding",
+        _supported,
+        _inputs,
+        positions_last,
+        _per_example_grads,
+        position_mask=_mask,
+        mask_length=_length,
+        factors=DiagonalInputFactors,
+    ),
+)

@@ -30,8 +30,7 @@ def tokens_mask(module: nn.Module, x: Tensor, out: Tensor, mask: Optional[Tensor
     return token_mask(x, mask) if x.dim() >= 3 else None
 
 
-def matrix_per_example_grads(module: nn.Module, a: Tensor, g: Tensor, weight: str = "weight",
-                             bias: str = "bias") -> dict:
+def matrix_per_example_grads(module: nn.Module, a: Tensor, g: Tensor, weight: str = "weight", bias: str = "bias") -> dict:
     """Per-example ``Σ_s g_s a_sᵀ`` (the matrix ``module.<weight>``, reshaped to the
     parameter) and ``Σ_s g_s`` (``module.<bias>``, when present)."""
     a = broadcast_rows(a, g.shape[0])
@@ -59,8 +58,9 @@ def squared_outer_sum(a: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
     return w
 
 
-def matrix_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype,
-                         weight: str = "weight", bias: str = "bias") -> dict:
+def matrix_squared_grads(
+    module: nn.Module, a: Tensor, g: Tensor, dtype: torch.dtype, weight: str = "weight", bias: str = "bias"
+) -> dict:
     """``Σ_n`` squared per-example gradients of ``module.<weight>`` (and ``module.<bias>``),
     in ``dtype``."""
     out = {weight: squared_outer_sum(a, g, dtype).reshape(getattr(module, weight).shape)}
@@ -69,11 +69,20 @@ def matrix_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: torch.d
     return out
 
 
-register(nn.Linear, LayerRule(
-    "linear", always, positions_last, positions_last, matrix_per_example_grads,
-    position_mask=tokens_mask, mask_length=token_axis_length, squared_grads=matrix_squared_grads,
-    factors=LayerFactors,
-))
+register(
+    nn.Linear,
+    LayerRule(
+        "linear",
+        always,
+        positions_last,
+        positions_last,
+        matrix_per_example_grads,
+        position_mask=tokens_mask,
+        mask_length=token_axis_length,
+        squared_grads=matrix_squared_grads,
+        factors=LayerFactors,
+    ),
+)
 
 
 # --- Hugging Face Conv1D: y = x W + b with W stored (d_in, d_out) ---------------------------
@@ -92,8 +101,17 @@ def _transposed_squared_grads(module: nn.Module, a: Tensor, g: Tensor, dtype: to
     return out
 
 
-register("transformers.pytorch_utils.Conv1D", LayerRule(
-    "transposed_linear", always, positions_last, positions_last, _transposed_per_example_grads,
-    position_mask=tokens_mask, mask_length=token_axis_length, squared_grads=_transposed_squared_grads,
-    factors=TransposedFactors,
-))
+register(
+    "transformers.pytorch_utils.Conv1D",
+    LayerRule(
+        "transposed_linear",
+        always,
+        positions_last,
+        positions_last,
+        _transposed_per_example_grads,
+        position_mask=tokens_mask,
+        mask_length=token_axis_length,
+        squared_grads=_transposed_squared_grads,
+        factors=TransposedFactors,
+    ),
+)

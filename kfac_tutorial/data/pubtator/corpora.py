@@ -73,8 +73,7 @@ PUBTATOR_CORPORA: dict[str, dict[str, Any]] = {
         },
         "description": "NCBI-disease: 793 PubMed abstracts, disease mentions linked "
         "to MeSH and OMIM (Dogan, Leaman and Lu 2014).",
-        "licence": "freely available from NCBI; cite Dogan et al., J Biomed Inform "
-        "47:1-10 (2014)",
+        "licence": "freely available from NCBI; cite Dogan et al., J Biomed Inform 47:1-10 (2014)",
     },
     "bc5cdr": {
         "files": {
@@ -82,8 +81,7 @@ PUBTATOR_CORPORA: dict[str, dict[str, Any]] = {
             "dev": _CDR + "#" + _CDR_DIR + "CDR_DevelopmentSet.PubTator.txt",
             "test": _CDR + "#" + _CDR_DIR + "CDR_TestSet.PubTator.txt",
         },
-        "description": "BC5CDR: 1,500 PubMed abstracts, chemical and disease "
-        "mentions linked to MeSH (Li et al. 2016).",
+        "description": "BC5CDR: 1,500 PubMed abstracts, chemical and disease mentions linked to MeSH (Li et al. 2016).",
         "licence": "free for research use; cite Li et al., Database baw068 (2016)",
     },
     "medmentions_st21pv": {
@@ -156,10 +154,13 @@ def _examples(
             continue
         counts["annotations"] += 1
         ctx = MentionContext(
-            pmid=doc.pmid, start=a.start, end=a.end,
-            left=text[max(0, a.start - context_chars): a.start],
-            right=text[a.end: a.end + context_chars],
-            entity_type=a.entity_type, text=a.text,
+            pmid=doc.pmid,
+            start=a.start,
+            end=a.end,
+            left=text[max(0, a.start - context_chars) : a.start],
+            right=text[a.end : a.end + context_chars],
+            entity_type=a.entity_type,
+            text=a.text,
         )
         valid = [i for i in a.ids if i and i != "-1"]
         if not a.ids:
@@ -205,8 +206,7 @@ def _doc_splits(
             for doc in read_pubtator(path, counts=counts):
                 if owner.setdefault(doc.pmid, split) != split:
                     raise ValueError(
-                        f"PMID {doc.pmid} is in the {owner[doc.pmid]} and the {split} "
-                        "files: the document-level split would leak"
+                        f"PMID {doc.pmid} is in the {owner[doc.pmid]} and the {split} files: the document-level split would leak"
                     )
                 out[split].append(doc)
         return out
@@ -229,8 +229,7 @@ def _doc_splits(
         return out
     for doc in docs:
         u = unit_hash(seed, "pubtator-doc", doc.pmid)
-        split = "test" if u < test_fraction else (
-            "dev" if u < test_fraction + dev_fraction else "train")
+        split = "test" if u < test_fraction else ("dev" if u < test_fraction + dev_fraction else "train")
         out[split].append(doc)
     return out
 
@@ -309,16 +308,17 @@ def load_pubtator(
         s: [
             ex
             for doc in docs[s]
-            for ex in _examples(doc, entity_types=types, multi_id=multi_id,
-                                context_chars=context_chars, counts=counts)
+            for ex in _examples(doc, entity_types=types, multi_id=multi_id, context_chars=context_chars, counts=counts)
         ]
         for s in SPLITS
     }
     for s in SPLITS:
         counts[f"documents_{s}"] = len(docs[s])
     concepts = _name_concepts(
-        examples, _read_names(names) if names is not None else {},
-        use_vocabulary_names, counts,
+        examples,
+        _read_names(names) if names is not None else {},
+        use_vocabulary_names,
+        counts,
     )
     unnamed = {ex.cid for s in ("dev", "test") for ex in examples[s]} - set(concepts)
     counts["unnamed_concepts"] = len(unnamed)
@@ -341,14 +341,12 @@ def load_pubtator(
             owners[normalize_mention(ex.mention)].add(ex.cid)
     ambiguous = {k for k, cs in owners.items() if len(cs) > 1}
     counts["ambiguous_strings"] = len(ambiguous)
-    counts["ambiguous_mentions"] = sum(
-        normalize_mention(ex.mention) in ambiguous for s in SPLITS for ex in kept[s]
+    counts["ambiguous_mentions"] = sum(normalize_mention(ex.mention) in ambiguous for s in SPLITS for ex in kept[s])
+    display = (
+        os.fspath(path_or_url) if not isinstance(path_or_url, Mapping) else ", ".join(os.fspath(p) for p in path_or_url.values())
     )
-    display = (os.fspath(path_or_url) if not isinstance(path_or_url, Mapping)
-               else ", ".join(os.fspath(p) for p in path_or_url.values()))
     if name is None:
-        first = path_or_url if not isinstance(path_or_url, Mapping) else next(
-            iter(path_or_url.values()))
+        first = path_or_url if not isinstance(path_or_url, Mapping) else next(iter(path_or_url.values()))
         name = Path(os.fspath(first).split("#")[-1]).name.split(".")[0] or "pubtator"
     return LinkingTask(
         name=name,
@@ -372,9 +370,7 @@ def load_pubtator_corpus(name: str, **kwargs: Any) -> LinkingTask:
     BC5CDR, ``names="umls_names.tsv"`` for MedMentions).
     """
     if name not in PUBTATOR_CORPORA:
-        raise ValueError(
-            f"unknown corpus {name!r}; known corpora: {', '.join(PUBTATOR_CORPORA)}"
-        )
+        raise ValueError(f"unknown corpus {name!r}; known corpora: {', '.join(PUBTATOR_CORPORA)}")
     entry = PUBTATOR_CORPORA[name]
     kwargs.setdefault("name", name)
     kwargs.setdefault("description", entry["description"])

@@ -92,10 +92,7 @@ def _zip_member(archive: zipfile.ZipFile, member: str | None, display: str) -> s
     if member is None:
         txt = [n for n in names if n.endswith(".txt") and "__MACOSX" not in n]
         if len(txt) != 1:
-            raise ValueError(
-                f"{display}: name the member of the zip file as 'file.zip#member'; "
-                f"members: {', '.join(names[:20])}"
-            )
+            raise ValueError(f"{display}: name the member of the zip file as 'file.zip#member'; members: {', '.join(names[:20])}")
         return txt[0]
     if member in names:
         return member
@@ -127,7 +124,7 @@ def _normalise_id(raw: str) -> str:
     raw = raw.strip()
     for prefix in ("MESH:", "MeSH:", "UMLS:"):
         if raw.startswith(prefix):
-            return raw[len(prefix):]
+            return raw[len(prefix) :]
     return raw
 
 
@@ -144,16 +141,12 @@ def _parse(lines: Iterable[str], display: str, counts: Counter) -> list[PubTator
             pmid, kind, body = m.group(1).strip(), m.group(2), m.group(3)
             if kind == "t":
                 if doc is not None and doc.pmid == pmid:
-                    raise PubTatorFormatError(
-                        display, line_no, f"one title line for PMID {pmid}", line
-                    )
+                    raise PubTatorFormatError(display, line_no, f"one title line for PMID {pmid}", line)
                 doc = PubTatorDocument(pmid=pmid, title=body)
                 docs.append(doc)
             else:
                 if doc is None or doc.pmid != pmid:
-                    raise PubTatorFormatError(
-                        display, line_no, f"'{pmid}|t|title' before the abstract", line
-                    )
+                    raise PubTatorFormatError(display, line_no, f"'{pmid}|t|title' before the abstract", line)
                 doc.abstract = body
             continue
         fields = line.split("\t")
@@ -162,7 +155,8 @@ def _parse(lines: Iterable[str], display: str, counts: Counter) -> list[PubTator
             continue
         if len(fields) < 5:
             raise PubTatorFormatError(
-                display, line_no,
+                display,
+                line_no,
                 f"'PMID|t|title', 'PMID|a|abstract', {_ANNOTATION} or a blank line",
                 line,
             )
@@ -170,35 +164,37 @@ def _parse(lines: Iterable[str], display: str, counts: Counter) -> list[PubTator
         if doc is None or doc.pmid != pmid:
             where = "no document" if doc is None else f"document {doc.pmid}"
             raise PubTatorFormatError(
-                display, line_no,
-                f"{_ANNOTATION} of the current document (this line is in {where}; "
-                "a title line 'PMID|t|title' must come first)", line,
+                display,
+                line_no,
+                f"{_ANNOTATION} of the current document (this line is in {where}; a title line 'PMID|t|title' must come first)",
+                line,
             )
         try:
             start, end = int(fields[1]), int(fields[2])
         except ValueError:
-            raise PubTatorFormatError(
-                display, line_no, f"integer start and end offsets in {_ANNOTATION}", line
-            ) from None
+            raise PubTatorFormatError(display, line_no, f"integer start and end offsets in {_ANNOTATION}", line) from None
         if not 0 <= start <= end:
             raise PubTatorFormatError(display, line_no, "0 <= start <= end", line)
-        ids = tuple(_normalise_id(x) for x in _ID_SPLIT.split(fields[5])) if (
-            len(fields) > 5 and fields[5].strip()) else ()
-        parts = tuple(p.strip() for p in fields[6].split("|")) if (
-            len(fields) > 6 and fields[6].strip()) else ()
+        ids = tuple(_normalise_id(x) for x in _ID_SPLIT.split(fields[5])) if (len(fields) > 5 and fields[5].strip()) else ()
+        parts = tuple(p.strip() for p in fields[6].split("|")) if (len(fields) > 6 and fields[6].strip()) else ()
         text = doc.text
         if text[start:end] != fields[3]:
             counts["offset_mismatches"] += 1
-        doc.annotations.append(PubTatorAnnotation(
-            start=start, end=end, text=fields[3], entity_type=fields[4].strip(),
-            ids=ids, parts=parts, line_no=line_no,
-        ))
+        doc.annotations.append(
+            PubTatorAnnotation(
+                start=start,
+                end=end,
+                text=fields[3],
+                entity_type=fields[4].strip(),
+                ids=ids,
+                parts=parts,
+                line_no=line_no,
+            )
+        )
     return docs
 
 
-def read_pubtator(
-    path_or_url: PathOrURL, *, counts: Counter | None = None
-) -> list[PubTatorDocument]:
+def read_pubtator(path_or_url: PathOrURL, *, counts: Counter | None = None) -> list[PubTatorDocument]:
     """Parse a PubTator file (local path, ``.gz``, ``file.zip#member`` or URL).
 
     Raises :class:`PubTatorFormatError` naming the file and line of malformed input.
