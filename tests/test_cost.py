@@ -49,10 +49,10 @@ def test_count_work_matches_what_a_run_trains_and_scores(monkeypatch):
     """The counts equal the examples a real (tiny) run sends through training, the
     Fisher fits and evaluation."""
     from kfac_tutorial import consolidation
-    from kfac_tutorial.experiments import harness, load_tasks, run_experiment
+    from kfac_tutorial.experiments import load_tasks, run_experiment, sequence
 
     seen = {"train": 0, "fisher": 0, "eval": 0}
-    real_train, real_eval = harness.train, harness.evaluate_hits
+    real_train, real_eval = sequence.train, sequence.evaluate_hits
     real_kfac = consolidation.KFAC.fit.__func__
 
     def train(model, batches, *, epochs, **kw):
@@ -67,8 +67,8 @@ def test_count_work_matches_what_a_run_trains_and_scores(monkeypatch):
         seen["fisher"] += sum(len(t) for _, t in batches)
         return real_kfac(cls, model, batches, **kw)
 
-    monkeypatch.setattr(harness, "train", train)
-    monkeypatch.setattr(harness, "evaluate_hits", evaluate_hits)
+    monkeypatch.setattr(sequence, "train", train)
+    monkeypatch.setattr(sequence, "evaluate_hits", evaluate_hits)
     monkeypatch.setattr(consolidation.KFAC, "fit", classmethod(fit))
     profile = get_profile("cnn", "test").with_overrides(epochs=1, fisher_examples=8)
     methods = ["finetune", "kfac", "joint"]

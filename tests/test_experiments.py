@@ -14,7 +14,7 @@ from kfac_tutorial.experiments import (
     run_experiment,
     toy_task,
 )
-from kfac_tutorial.experiments import harness
+from kfac_tutorial.experiments import harness, sequence
 from kfac_tutorial.experiments.__main__ import main
 from kfac_tutorial.training import NonFiniteLossError, linking_batches, train
 
@@ -213,7 +213,7 @@ def test_a_nan_stops_the_run_but_keeps_finished_methods(tmp_path, monkeypatch):
         def memory_bytes(self):
             return 0
 
-    monkeypatch.setattr(harness._Sequence, "fit_curvature", lambda self, family, t: Poison())
+    monkeypatch.setattr(sequence.TaskSequence, "fit_curvature", lambda self, family, t: Poison())
     out = tmp_path / "r.json"
     with pytest.raises(NonFiniteLossError, match="'ewc'.*'toy-b'"):
         main(["--methods", "finetune,ewc", "--tasks", "toy-a,toy-b", "--profile", "test", "--out", str(out), "--no-progress"])
@@ -421,7 +421,7 @@ def _sequence(model="cnn"):
     profile = get_profile(model, "test")
     tasks = [harness.prepare_task(t, profile) for t in load_tasks(TASKS, profile)]
     linker = harness.build_linker(model, harness.ConceptInventory.union(tasks), profile)
-    return harness._Sequence(linker, tasks, profile, 0, False), tasks
+    return sequence.TaskSequence(linker, tasks, profile, 0, False), tasks
 
 
 def test_frozen_keeps_the_encoder_and_old_rows_bit_for_bit():

@@ -42,12 +42,10 @@ import torch
 
 from .. import metrics
 from ..linkers import ConceptInventory, Linker, bert_linker, cnn_linker
-from ..training import linking_batches, train
-from ..statistics import encode_hits
-from ..training import evaluate_hits
-from .methods import METHOD_SPECS, METHODS, L2Anchor, frozen_encoder, method_spec
+from .methods import METHOD_SPECS, METHODS, method_spec
 from .profiles import Profile
-from .toy import Task, toy_task
+from .sequence import TaskSequence
+from .tasks import load_tasks, prepare_task
 
 __all__ = [
     "METHODS",
@@ -94,58 +92,6 @@ def validate(model: str, methods: Sequence[str], tasks: Sequence, setting: str =
     names = [getattr(t, "name", str(i)) for i, t in enumerate(tasks)]
     if len(set(names)) != len(names):
         raise ValueError(f"tasks listed twice: {names}")
-
-
-def load_tasks(names: Sequence[str], profile: Profile, seed: int = 0) -> list[Task]:
-    """Load tasks by name: ``toy-a``, ``toy-b``, ``toy-c`` (synthetic) or a vocabulary of
-    :func:`kfac_tutorial.data.load_task` (diseases, drugs, phenotypes, icd10cm)."""
-    tasks = []
-    for name in names:
-        if name.startswith("toy"):
-            n = profile.concepts_for(name) or 20
-            task = toy_task(name, n_concepts=n, seed=seed)
-        else:
-            from ..data import load_task
-
-            fractions = {}
-            if profile.split_fractions is not None:
-                fractions = dict(zip(("dev_fraction", "test_fraction"), profile.split_fractions))
-            task = load_task(name, seed=seed, max_concepts=profile.concepts_for(name), require_test=True, **fractions)
-        tasks.append(task)
-    return tasks
-
-
-def _stable_shuffle(items: list, seed: int, salt: str) -> list:
-    rng = random.Random(f"{seed}:{salt}")
-    items = list(items)
-    rng.shuffle(items)
-    return items
-
-
-def prepare_task(task, profile: Profile, seed: int = 0) -> Task:
-    """Cut a task to the profile: at most ``profile.concepts_for(name)`` concepts (the first ones),
-    ``max_train_per_concept`` mentions each (plus the preferred name when
-    ``train_on_names``), ``max_eval`` dev and test examples (a seeded sample)."""
-    name = getattr(task, "name", "task")
-    n_concepts = profile.concepts_for(name)
-    ids = list(task.concepts)[:n_concepts] if n_concepts else list(task.concepts)
-    keep = set(ids)
-    concepts = {c: task.concepts[c] for c in ids}
-    train_ex, per = [], {}
-    for mention, cid in task.train:
-        if cid in keep and (profile.max_train_per_concept is None or per.get(cid, 0) < profile.max_train_per_concept):
-            per[cid] = per.get(cid, 0) + 1
-            train_ex.append((mention, cid))
-    if profile.train_on_names:
-        train_ex += [(concepts[c], c) for c in ids]
-
-    def cut(examples, split):
-        kept = [(m, c) for m, c in examples if c in keep]
-        if profile.max_eval is not None and len(kept) > profile.max_eval:
-            kept = _stable_shuffle(kept, seed, f"{name}:{split}")[: profile.max_eval]
-        return kept
-
-    return Task(name, concepts, train_ex, cut(task.dev, "dev"), cut(task.test, "test"))
 
 
 def build_linker(
@@ -203,118 +149,6 @@ def next_lambda(scores: dict[float, float], grid: Sequence[float], max_steps: in
         if cand <= high * (1 + 1e-9) and cand not in scores:
             return cand
     return None
-
-
-class _Sequence:
-    """State shared by the methods of one experiment: the tasks, the linker, task 0."""
-
-    def __init__(self, linker: Linker, tasks: list[Task], profile: Profile, seed: int, progress: bool):
-        self.linker, self.tasks, self.profile, self.seed = linker, tasks, profile, seed
-        self.progress = progress
-        self.device = linker.device()
-        self.has_table = hasattr(linker, "table") and hasattr(linker, "seen")
-
-    # training -------------------------------------------------------------------------
-    def train_task(self, t: int, method: str, lam: float = 0.0, penalty=None) -> None:
-        p, linker, spec = self.profile, self.linker, method_spec(method)
-        if spec.data == "union":
-            ids = [c for task in self.tasks[: t + 1] for c in task.concepts]
-            examples = [ex for task in self.tasks[: t + 1] for ex in task.train]
-        else:
-            ids, examples = list(self.tasks[t].concepts), self.tasks[t].train
-        seen_before = linker.seen.clone() if self.has_table else None
-        linker.begin_task(ids)
-        batches = linking_batches(linker, examples, p.batch_size, shuffle=True, seed=self.seed * 1000 + t)
-        torch.manual_seed(self.seed * 1000 + t)  # dropout
-        kwargs = dict(
-            epochs=p.epochs,
-            lr=p.lr,
-            head_lr=p.head_lr,
-            penalty=penalty,
-            lam=lam,
-            method=method,
-            task=self.tasks[t].name,
-            max_grad_norm=p.max_grad_norm,
-            label_smoothing=p.label_smoothing,
-            progress=self.progress,
-        )
-        if spec.freeze_encoder and t > 0:
-            new_rows = (linker.seen & ~seen_before) if self.has_table else None
-            with frozen_encoder(linker, new_rows):
-                train(linker, batches, **kwargs)
-        else:
-            train(linker, batches, **kwargs)
-
-    def fit_curvature(self, family: str, t: int):
-        from ..consolidation import EWC, KFAC
-
-        p, linker = self.profile, self.linker
-        linker.begin_task(list(self.tasks[t].concepts))  # task t's softmax (no-op if current)
-        if family == "l2":
-            return L2Anchor.fit(linker)
-        examples = _stable_shuffle(self.tasks[t].train, self.seed, f"fisher:{t}")
-        if p.fisher_examples:
-            examples = examples[: p.fisher_examples]
-        batches = list(linking_batches(linker, examples, p.batch_size))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # several processes: every rank fits on its share of the batches; the fit sums
-            # the statistics over the ranks (kfac_tutorial.curvature.distributed)
-            batches = batches[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
-        common = dict(fisher=p.fisher, mc_samples=p.mc_samples, seed=self.seed * 1000 + t, progress=False)
-        if family == "ewc":
-            return EWC.fit(linker, batches, **common)
-        modules = dict(linker.named_modules())
-        diagonal = tuple(m for m in p.kfac_diagonal if m in modules)
-        return KFAC.fit(linker, batches, weight_sharing=p.weight_sharing, diagonal_modules=diagonal, **common)
-
-    # evaluation -----------------------------------------------------------------------
-    def _score(self, task: Task) -> tuple[dict, dict]:
-        p, linker = self.profile, self.linker
-        with linker.scoring(list(task.concepts)):
-            test = evaluate_hits(linker, linking_batches(linker, task.test, p.eval_batch_size))
-            dev = evaluate_hits(linker, linking_batches(linker, task.dev, p.eval_batch_size), ks=(1,))
-        return test, dev
-
-    def evaluate_row(self, t: int) -> dict[str, list]:
-        """Scores of tasks 0..t after task t (``None`` for later tasks): test acc@1,
-        acc@5, dev acc@1 and the test acc@1 hits (a 0/1 string per task)."""
-        row = {"test@1": [], "test@5": [], "dev@1": [], "hits": []}
-        for k, task in enumerate(self.tasks):
-            if k > t:
-                for key in row:
-                    row[key].append(None)
-                continue
-            test, dev = self._score(task)
-            row["test@1"].append(float(test[1].float().mean()))
-            row["test@5"].append(float(test[5].float().mean()))
-            row["dev@1"].append(float(dev[1].float().mean()))
-            row["hits"].append(encode_hits(test[1].tolist()))
-        return row
-
-    def table_rows(self, k: int) -> torch.Tensor | None:
-        """The current concept-table rows of task k's concepts (a copy)."""
-        if not self.has_table:
-            return None
-        rows = self.linker.columns(list(self.tasks[k].concepts))
-        return self.linker.table.weight.detach()[rows].clone()
-
-    @torch.no_grad()
-    def restored_hits(self, saved: list) -> list[str] | None:
-        """Test hits of every old task k with its table rows set to ``saved[k]``, the
-        rest of the model as it is; the rows are put back afterwards."""
-        if not self.has_table:
-            return None
-        out, weight = [], self.linker.table.weight
-        for k, rows_value in enumerate(saved):
-            rows = self.linker.columns(list(self.tasks[k].concepts))
-            now = weight[rows].clone()
-            weight[rows] = rows_value
-            try:
-                test, _ = self._score(self.tasks[k])
-            finally:
-                weight[rows] = now
-            out.append(encode_hits(test[1].tolist()))
-        return out
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
@@ -377,7 +211,7 @@ def run_experiment(
     linker = build_linker(model, inventory, profile, setting, seed, checkpoint)
     if torch.cuda.is_available():
         linker = linker.cuda()
-    run = _Sequence(linker, tasks, profile, seed, progress)
+    run = TaskSequence(linker, tasks, profile, seed, progress)
     T = len(tasks)
     order = sorted(methods, key=lambda m: m != "finetune")  # the baseline first
     specs = {m: method_spec(m) for m in order}
