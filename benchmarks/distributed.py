@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.measure import timed
+
 
 class ClsHead(nn.Module):
     """``BertModel`` + linear head on the CLS token; takes the tokenizer's dict."""
@@ -101,9 +103,7 @@ def bytes_section() -> dict:
 def _fit_seconds(model, batches, fisher="mc") -> tuple[float, object]:
     import kfac_tutorial as kt
 
-    t0 = time.perf_counter()
-    state = kt.KFAC.fit(model, batches, fisher=fisher, progress=False)
-    return time.perf_counter() - t0, state
+    return timed(lambda: kt.KFAC.fit(model, batches, fisher=fisher, progress=False))
 
 
 def _worker(rank: int, init: str, examples: int, rounds: int, out: str) -> None:

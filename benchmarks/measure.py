@@ -60,6 +60,19 @@ class PeakCUDA:
         self.delta = torch.cuda.max_memory_allocated() - self.start
 
 
+def timed(fn, device: str | torch.device = "cpu") -> tuple[float, object]:
+    """``(seconds, fn())``: wall time of one call (CUDA: synchronised before and after). The
+    benchmarks' one timer."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
 def measure(fn, repeats: int = 3, device: str = "cpu") -> dict:
     """Run ``fn()`` ``repeats`` times: median/min seconds, max peak-memory delta (MiB; CPU:
     resident set size, CUDA: allocated), or the error it raised (type and first line of
@@ -69,11 +82,8 @@ def measure(fn, repeats: int = 3, device: str = "cpu") -> dict:
     for _ in range(repeats):
         try:
             with PeakCUDA() if cuda else PeakRSS() as mem:
-                t0 = time.perf_counter()
-                out = fn()
-                if cuda:
-                    torch.cuda.synchronize()
-                seconds.append(time.perf_counter() - t0)
+                elapsed, out = timed(fn, device)
+                seconds.append(elapsed)
             peaks.append(mem.delta)
             del out
         except Exception as err:  # a peer that cannot run the model: that is a result
