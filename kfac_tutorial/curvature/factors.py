@@ -15,8 +15,16 @@ online merge, low-rank roots, packing for a state file). Conventions:
   is the ``(V,)`` diagonal of token frequencies and ``F_layer ≈ diag(A) ⊗ G`` over the
   row-major ``vec(W)``; positions always count as examples (``expand``).
 
-A factor may be held as a root ``R`` (``d × r``, factor ``= R Rᵀ``; see
-:meth:`LayerFactors.low_rank`): ``A_root`` / ``G_root`` say so.
+A factor may be held as a root ``R`` (``d × r``, factor ``= R Rᵀ``): ``A_root`` /
+``G_root`` say so. Roots come from the fit itself (``KFAC.fit(storage="auto")``, the
+default: a factor of side ``d ≥ 64`` summed from ``r ≤ d/2`` rows is stored as those
+rows, scaled, ``R = [√c_i X_iᵀ]_i / √norm``; exact, see :mod:`.accumulate`) or from
+:meth:`LayerFactors.low_rank` (eigendecomposition of a full factor, opt-in). Every
+method works on either storage: :meth:`LayerFactors.quadratic` picks the cheapest
+product (``‖R_Gᵀ D R_A‖²`` for two roots; autograd differentiates it, so no symmetry
+of ``R Rᵀ`` is assumed), :meth:`LayerFactors.dense_block` uses ``R Rᵀ``,
+:meth:`LayerFactors.merged` concatenates roots while the result keeps at most ``d/2``
+columns, state files store a root as ``"root"`` (``d × r``, row-major).
 """
 
 from __future__ import annotations
