@@ -7,8 +7,11 @@ Sections (each printed as a table and written to one JSON file, plus a PNG):
    every trainable parameter (``all``) and for Linear layers only (``linear``); the
    ratio to one plain forward+backward over the same data (MC, 1 sample).
 2. ``step``: a training step with the KFAC / EWC penalty against a plain step
-   (MiniLM linker), with the low-rank option and its penalty error.
-3. ``state``: curvature-state bytes against parameter bytes, per layer kind.
+   (MiniLM linker): the default fit (``storage="auto"``: exact roots where a factor's
+   rank is at most half its side), the full factors (``storage="dense"``) and
+   ``low_rank`` of those, with the penalty error against the full factors.
+3. ``state``: curvature-state bytes against parameter bytes, per layer kind, for the
+   default fit (``auto``) and the full factors (``full``, ``storage="dense"``).
 4. ``growth``: cost against sequence length, vocabulary size and number of tasks.
 
 Peers are imported only if installed (``bash benchmarks/setup_peers.sh``); a peer that
@@ -111,15 +114,23 @@ def _fmt_est(r):
 def training_step(repeats, examples, name="minilm", *, device: torch.device):
     w = workload(name, device=device, examples=examples, **({"batch_size": 16} if name == "bert-base" else {}))
     model = w.model
-    kfac = kt.KFAC.fit(
-        model, w.batches, fisher="mc", weight_sharing=w.weight_sharing, diagonal_modules=w.kfac_diagonal, progress=False
-    )
+    fit_kw = dict(fisher="mc", weight_sharing=w.weight_sharing, diagonal_modules=w.kfac_diagonal, progress=False)
+    auto = kt.KFAC.fit(model, w.batches, **fit_kw)  # the default: storage="auto"
+    kfac = kt.KFAC.fit(model, w.batches, storage="dense", **fit_kw)  # the full factors
     ewc = kt.EWC.fit(model, w.batches, fisher="mc", progress=False)
     t0 = time.perf_counter()
     low0 = kfac.low_rank(0.0)
     t_low = time.perf_counter() - t0
     low1 = kfac.low_rank(0.01)
-    variants = {"plain": None, "KFAC": kfac, "KFAC low-rank tol=0": low0, "KFAC low-rank tol=0.01": low1, "EWC": ewc}
+    variants = {
+        "plain": None,
+        "KFAC": auto,
+        "KFAC dense (full factors)": kfac,
+        "KFAC low-rank tol=0": low0,
+        "KFAC low-rank tol=0.01": low1,
+        "EWC": ewc,
+    }
+    compared = ("KFAC", "KFAC low-rank tol=0", "KFAC low-rank tol=0.01")  # penalty error against the full factors
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     model.train()
@@ -133,7 +144,7 @@ def training_step(repeats, examples, name="minilm", *, device: torch.device):
     errors = {}
     with torch.no_grad():
         ref = float(kfac.penalty(model))
-        for k in ("KFAC low-rank tol=0", "KFAC low-rank tol=0.01"):
+        for k in compared:
             errors[k] = abs(float(variants[k].penalty(model)) - ref) / ref
         # random step, same norm per parameter as the training step taken
         saved = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -218,15 +229,16 @@ def state_section(
     for name in names:
         kw = kws[name]
         w = workload(name, device=device, **kw)
-        kfac = kt.KFAC.fit(
-            w.model,
-            w.batches,
+        fit_kw = dict(
             fisher="mc",
             weight_sharing=w.weight_sharing,
             diagonal_modules=tuple(m for m in w.kfac_diagonal if m in dict(w.model.named_modules())),
             progress=False,
         )
+        auto = kt.KFAC.fit(w.model, w.batches, **fit_kw)  # the default: storage="auto"
+        kfac = kt.KFAC.fit(w.model, w.batches, storage="dense", **fit_kw)  # the full factors
         entry = {
+            "auto": state_bytes(auto, w.model, tmpdir, f"{name}-auto"),
             "full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"),
             "ewc_state_over_parameters": 1.0,
             "fisher_examples": w.num_examples,
@@ -235,7 +247,7 @@ def state_section(
         for tol in (0.0, 0.01) if name in low_rank_names else ():
             entry[f"low_rank_tol={tol}"] = state_bytes(kfac.low_rank(tol), w.model, tmpdir, f"{name}-lr{tol}")
         out[w.name] = entry
-        for k in [k for k in ("full", "low_rank_tol=0.0", "low_rank_tol=0.01") if k in entry]:
+        for k in [k for k in ("auto", "full", "low_rank_tol=0.0", "low_rank_tol=0.01") if k in entry]:
             e = entry[k]
             print(
                 f"state {w.name:<14} {k:<18} in memory {e['state_over_parameters']:.2f}x params, file {e['file_curvature_over_parameters']:.2f}x  "

@@ -38,6 +38,7 @@ class KFAC(Consolidation):
         *,
         likelihood: str = "categorical",
         weight_sharing: str = "reduce",
+        storage: str = "auto",
         diagonal_modules: Sequence[str] = (),
         seed: int = 0,
         damping: float = 0.0,
@@ -52,7 +53,16 @@ class KFAC(Consolidation):
         ``A`` and ``G`` follow :mod:`kfac_tutorial.curvature.estimate`; ``weight_sharing``
         chooses ``"reduce"`` (default: a mention linker pools its tokens into one vector
         before the loss, the reduce setting of Eschenhagen et al. 2023) or ``"expand"``
-        (one prediction per position). Modules named in ``diagonal_modules`` (or below
+        (one prediction per position). ``storage`` chooses how a factor is held:
+        ``"auto"`` (default) keeps a 2-D factor of side ``d ≥ 64`` (``A`` of a Linear,
+        Conv or Conv1D layer, every ``G``) as its exact root ``R`` (``d × r``, factor
+        ``= R Rᵀ``, ``A_root`` / ``G_root``) when the fit's contributing rows number
+        ``r ≤ d/2`` (e.g. ``A``: examples under ``reduce``, valid positions under
+        ``expand``; ``G``: examples × backprop vectors), built from those rows without an
+        eigendecomposition and without the ``d × d`` matrix; the state then equals the
+        dense one up to rounding. ``"dense"`` always holds ``d × d`` matrices.
+        Embedding ``A`` vectors, cross-attention's grouped factors and distributed fits
+        stay dense. Modules named in ``diagonal_modules`` (or below
         them) and diagonal-only layers (LayerNorm) get diagonal entries. Any other module
         that falls back to a diagonal (no rule for its type, an unsupported
         configuration, a weight used functionally or shared) is named in one
@@ -72,6 +82,7 @@ class KFAC(Consolidation):
             progress=progress,
             kronecker=True,
             weight_sharing=weight_sharing,
+            storage=storage,
             diagonal_modules=diagonal_modules,
             strict=strict,
             distributed=distributed,

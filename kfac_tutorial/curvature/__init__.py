@@ -12,7 +12,7 @@
 * :mod:`.memory`: the bytes a state holds per layer, against the parameters.
 """
 
-from .accumulate import WeightSharing
+from .accumulate import Storage, WeightSharing
 from .estimate import DiagonalFallbackWarning, Estimate, estimate
 from .factors import DiagonalInputFactors, LayerFactors, TransposedFactors, make_factors
 from .flavours import FisherType, Likelihood, backprop_vectors
@@ -29,6 +29,7 @@ __all__ = [
     "Likelihood",
     "RULES",
     "TransposedFactors",
+    "Storage",
     "WeightSharing",
     "backprop_vectors",
     "estimate",

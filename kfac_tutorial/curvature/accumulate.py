@@ -8,11 +8,26 @@ divides by the example (or position) counts; the formulas are those of :mod:`.es
 A call with ``stream > 0`` (one of several inputs of one call, see
 ``LayerRule.combine_streams``) is summed under the key ``(module, stream)`` instead of
 the module's name, normalised on its own, and handed to the rule's ``combine_streams``.
+
+Storage (``storage="auto"``, the default): a 2-D factor of side ``d ≥ ROOT_MIN_SIDE``
+(``A`` of a Linear / Conv / Conv1D layer, every ``G``; single-stream calls only) is held
+as its contributing rows while their count ``r ≤ d/2`` (:class:`RowSum`: ``Σ_i c_i
+X_iᵀ X_i`` kept as the blocks ``X_i`` ``(n_i, d)`` with weights ``c_i ≥ 0``): ``A`` rows
+are the valid positions' ``ā`` (weight: the shared-call multiplicity) or the ``reduce``
+means ``ā_n``; ``G`` rows the ``g`` (``expand``) or ``ĝ_n`` (``reduce``) of one backprop
+vector, weight ``w_v``. :meth:`Accumulator.finish` turns such a sum into the exact root
+``R = [√c_i X_iᵀ]_i · √scale`` (``d × r``, ``R Rᵀ`` = the normalised factor, no
+eigendecomposition and no ``d × d`` matrix). A block that would take ``r`` past ``d/2``
+(or a negative weight) turns the sum dense by replaying the dense path's own arithmetic
+on the kept blocks, so a densified factor is bit for bit the ``storage="dense"`` one.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from typing import Callable, Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -20,6 +35,17 @@ from .factors import LayerFactors
 from .plan import Plan
 from .probes import Prepared
 from .rules import SparseRows, rule_for
+
+
+ROOT_MIN_SIDE = 64  # smaller factors stay dense under storage="auto"
+
+
+class Storage:
+    """How a fit holds its 2-D factors: ``auto`` (exact roots while ``rank ≤ d/2``) or ``dense``."""
+
+    AUTO = "auto"
+    DENSE = "dense"
+    CHOICES = (AUTO, DENSE)
 
 
 class WeightSharing:
@@ -85,6 +111,52 @@ def symmetrized(m: Tensor, scale: float, tile: int = 256) -> Tensor:
     return m
 
 
+# -- the dense path's updates of a sum ``acc`` (None: empty) by rows ``X`` with weight ``c``
+def _expand_add(acc: Optional[Tensor], X: Tensor, c) -> Tensor:
+    """``acc + c · XᵀX`` (the ``expand`` sums)."""
+    return (0 if acc is None else acc) + c * (X.T @ X)
+
+
+def _reduce_add_A(acc: Optional[Tensor], X: Tensor, c) -> Tensor:
+    """``acc + XᵀX`` in place (the ``reduce`` input sums; ``c`` is 1)."""
+    return X.T @ X if acc is None else acc.addmm_(X.T, X)
+
+
+def _reduce_add_G(acc: Optional[Tensor], X: Tensor, c) -> Tensor:
+    """``acc + c · XᵀX`` in place (the ``reduce`` output-gradient sums)."""
+    return torch.mm(X.T, X).mul_(c) if acc is None else acc.addmm_(X.T, X, alpha=c)
+
+
+class RowSum:
+    """``Σ_i c_i X_iᵀ X_i`` held as its blocks of rows ``X_i`` ``(n_i, d)``, ``c_i ≥ 0``,
+    each with the dense update that would have added it (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[Tensor, object, Callable]] = []
+        self.count = 0
+
+    def add(self, X: Tensor, c, op: Callable) -> None:
+        self.blocks.append((X, c, op))
+        self.count += X.shape[0]
+
+    def dense(self) -> Tensor:
+        """The ``d × d`` sum, by the dense path's updates in the order they came."""
+        acc = None
+        for X, c, op in self.blocks:
+            acc = op(acc, X, c)
+        return acc
+
+    def root(self, scale: float) -> Tensor:
+        """``R`` ``(d, r)``, contiguous, with ``R Rᵀ = scale · Σ_i c_i X_iᵀ X_i``."""
+        rows = torch.cat([X if c == 1 else X * math.sqrt(c) for X, c, _ in self.blocks])
+        return (rows * math.sqrt(scale)).T.contiguous()
+
+
+def dense_sum(value):
+    """A sum as a ``d × d`` (or vector) tensor, whether it is held dense or as rows."""
+    return value.dense() if isinstance(value, RowSum) else value
+
+
 def stream_key(call) -> object:
     """The key of a call's sums: the module's name, or ``(name, stream)`` for ``stream > 0``."""
     return call.name if call.stream == 0 else (call.name, call.stream)
@@ -93,10 +165,19 @@ def stream_key(call) -> object:
 class Accumulator:
     """Unnormalised sums of one estimate (see the module docstring)."""
 
-    def __init__(self, plan: Plan, weight_sharing: str, dtype: torch.dtype, device: torch.device, chunk_size: int = 8):
+    def __init__(
+        self,
+        plan: Plan,
+        weight_sharing: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        chunk_size: int = 8,
+        storage: str = Storage.AUTO,
+    ):
         self.plan, self.weight_sharing, self.dtype, self.chunk_size = plan, weight_sharing, dtype, chunk_size
-        self.A: dict[str, Tensor] = {}
-        self.G: dict[str, Tensor] = {}
+        self.storage = storage
+        self.A: dict[object, Tensor | RowSum] = {}
+        self.G: dict[object, Tensor | RowSum] = {}
         self.positions = defaultdict(float)
         self.diag = {n: torch.zeros(p.shape, dtype=dtype, device=device) for n, p in plan.params.items()}
 
@@ -105,6 +186,30 @@ class Accumulator:
         streams = sorted({k for k in (*self.A, *self.G) if isinstance(k, tuple) and k[0] == mname})
         return streams or [mname]
 
+    def _rows_allowed(self, key, d: int) -> bool:
+        """Whether a sum of side ``d`` under ``key`` may be held as rows (``storage="auto"``)."""
+        return self.storage == Storage.AUTO and not isinstance(key, tuple) and d >= ROOT_MIN_SIDE
+
+    def _add(self, store: dict, key, X: Tensor, c, op: Callable, rows_allowed: bool) -> None:
+        """``store[key] ← store[key] + c · XᵀX``: kept as rows while allowed and their count
+        stays ``≤ d/2`` (``c ≥ 0``), else dense by ``op`` (the dense path's update)."""
+        current = store.get(key)
+        if rows_allowed and (current is None or isinstance(current, RowSum)):
+            d = X.shape[1]
+            count = 0 if current is None else current.count
+            if float(c) >= 0 and 2 * (count + X.shape[0]) <= d:
+                if current is None:
+                    current = store[key] = RowSum()
+                current.add(X, c, op)
+                return
+        store[key] = op(dense_sum(current), X, c)
+
+    def densify(self) -> None:
+        """Turn every sum held as rows into its ``d × d`` matrix (before an all-reduce)."""
+        for store in (self.A, self.G):
+            for key, value in store.items():
+                store[key] = dense_sum(value)
+
     def _sharing(self, rule) -> str:
         return WeightSharing.EXPAND if rule.factors.expand_only else self.weight_sharing
 
@@ -112,6 +217,7 @@ class Accumulator:
         """Input factors (they do not depend on the backprop vectors)."""
         plan, acc_dtype = self.plan, self.dtype
         reduce_sums: dict[str, tuple[Tensor, Tensor]] = {}
+        input_rows: dict[str, bool] = {}  # whether the key's factor type has input rows (2-D A)
         for p in prepared:
             name, key = p.call.name, stream_key(p.call)
             if name not in plan.kronecker:
@@ -122,8 +228,13 @@ class Accumulator:
             a = p.a.expand(valid.shape[0], *p.a.shape[1:]) if valid.shape[0] != p.a.shape[0] else p.a
             has_bias = plan.kronecker[name][1] is not None
             if self._sharing(p.rule) == WeightSharing.EXPAND:
-                moment = p.rule.factors.input_moment(a, valid, has_bias, acc_dtype, tuple(p.rule.weight_of(p.call.module).shape))
-                self.A[key] = self.A.get(key, 0) + mult * moment
+                factor_type = p.rule.factors
+                if factor_type.input_rows is not None and self._rows_allowed(key, a.shape[-1] + has_bias):
+                    rows = factor_type.input_rows(a, valid, has_bias, acc_dtype)
+                    self._add(self.A, key, rows, mult, _expand_add, True)
+                else:
+                    moment = factor_type.input_moment(a, valid, has_bias, acc_dtype, tuple(p.rule.weight_of(p.call.module).shape))
+                    self.A[key] = self.A.get(key, 0) + mult * moment
                 self.positions[key] += mult * float(valid.sum())
                 continue
             # reduce: masked sum over positions (a batched matvec, no masked copy of the
@@ -137,12 +248,10 @@ class Accumulator:
                 s, c = s.expand(batch_size, -1), c.expand(batch_size)
             old = reduce_sums.get(key)
             reduce_sums[key] = (s, c) if old is None else (old[0] + s, old[1] + c)
+            input_rows[key] = p.rule.factors.input_rows is not None
         for name, (s, c) in reduce_sums.items():
             abar = s / c.clamp(min=1).unsqueeze(-1)
-            if name in self.A:
-                self.A[name].addmm_(abar.T, abar)
-            else:
-                self.A[name] = abar.T @ abar
+            self._add(self.A, name, abar, 1, _reduce_add_A, input_rows[name] and self._rows_allowed(name, abar.shape[1]))
 
     def add_vector(self, prepared: list[Prepared], outputs: Tensor, v: Tensor, w: float, batch_size: int) -> None:
         """Output-gradient factors and hook-based diagonal entries for one backprop vector."""
@@ -176,7 +285,7 @@ class Accumulator:
                 if self._sharing(p.rule) == WeightSharing.EXPAND:
                     mask = p.mask if p.mask is None or p.mask.shape[0] == ga.shape[0] else p.mask.expand(ga.shape[0], -1)
                     gv = (ga[mask] if mask is not None else ga).reshape(-1, ga.shape[-1])  # valid positions
-                    self.G[key] = self.G.get(key, 0) + w * (gv.T @ gv)
+                    self._add(self.G, key, gv, w, _expand_add, self._rows_allowed(key, gv.shape[1]))
                 else:
                     s = ga.sum(1) if p.mask is None else torch.einsum("bp,bpo->bo", p.mask.to(acc_dtype), ga)
                     ghat[key] = ghat[key] + s if key in ghat else s
@@ -194,10 +303,7 @@ class Accumulator:
                     if attr in pe:
                         _add_per_example(per_example, pname, pe[attr], batch_size, plan.params[pname])
         for name, s in ghat.items():
-            if name in self.G:
-                self.G[name].addmm_(s.T, s, alpha=w)
-            else:
-                self.G[name] = torch.mm(s.T, s).mul_(w)
+            self._add(self.G, name, s, w, _reduce_add_G, self._rows_allowed(name, s.shape[1]))
         for pname, pe in per_example.items():
             _add_squared_sum(self.diag[pname], pe, w)
 
@@ -235,7 +341,7 @@ class Accumulator:
         parts = {}
         weight = rule.weight_of(module)
         for key in keys:
-            a_mat, g_mat = self.A.get(key), self.G.get(key)
+            a_mat, g_mat = dense_sum(self.A.get(key)), dense_sum(self.G.get(key))  # stream keys are never rows
             if a_mat is None or g_mat is None:  # never reached the outputs: zero curvature
                 a_shape, g_shape = rule.factors.shapes(tuple(weight.shape), bname is not None)
                 g_mat = torch.zeros(g_shape, dtype=self.dtype, device=weight.device)
@@ -266,13 +372,17 @@ class Accumulator:
                 g_mat = torch.zeros(g_shape, dtype=self.dtype, device=device)
                 if a_mat is None:
                     a_mat = torch.zeros(a_shape, dtype=self.dtype, device=device)
-            # normalise and make exactly symmetric (the penalty's gradient relies on it) in one pass
-            if a_mat.dim() == 2:
+            # normalise and make exactly symmetric (the penalty's gradient relies on it) in one
+            # pass; a sum held as rows becomes its exact root R (R Rᵀ symmetric by construction)
+            roots = {"A_root": isinstance(a_mat, RowSum), "G_root": isinstance(g_mat, RowSum)}
+            if roots["A_root"]:
+                a_mat = a_mat.root(1.0 / max(norm_A, 1))
+            elif a_mat.dim() == 2:
                 a_mat = symmetrized(a_mat, 0.5 / max(norm_A, 1))
             else:
                 a_mat = a_mat / max(norm_A, 1)
-            g_mat = symmetrized(g_mat, 0.5 / num_examples)
-            factors[mname] = rule_factors(rule.kind, a_mat, g_mat, wname, bname)
+            g_mat = g_mat.root(1.0 / num_examples) if roots["G_root"] else symmetrized(g_mat, 0.5 / num_examples)
+            factors[mname] = rule_factors(rule.kind, a_mat, g_mat, wname, bname, **roots)
         in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
         diagonal = {n: d / num_examples for n, d in self.diag.items() if n not in in_kron}
         return factors, diagonal

@@ -207,10 +207,12 @@ def reduce_accumulator(acc: "Accumulator", num_examples: int, group: Any) -> int
     After the call ``acc.A``, ``acc.G``, ``acc.positions`` and ``acc.diag`` hold the sums
     over every rank (symmetric factors symmetrised, ``(M + Mᵀ)/2``), and the union's
     example count is returned; :meth:`Accumulator.finish` then normalises as usual. A
-    Kronecker layer that this rank's batches never reached contributes zeros."""
+    Kronecker layer that this rank's batches never reached contributes zeros. Sums held
+    as rows are made dense first (a distributed fit's factors are dense)."""
     from .rules import rule_for
 
     plan = acc.plan
+    acc.densify()  # sums held as rows (storage="auto"): ranks may hold different row counts
     for mname, (_, bname) in plan.kronecker.items():
         module = plan.modules[mname]
         rule = rule_for(module)

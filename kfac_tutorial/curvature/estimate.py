@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..progress import progress_bar as tqdm
-from .accumulate import Accumulator, WeightSharing, symmetrized
+from .accumulate import Accumulator, Storage, WeightSharing, symmetrized
 from .capture import CallRecorder
 from .factors import LayerFactors
 from .flavours import IGNORE_INDEX, FisherType, Likelihood, backprop_vectors
@@ -63,7 +63,7 @@ from .probes import (  # noqa: F401  (_PROBE_CACHE re-exported from its former h
     unexplained_parameters,
 )
 
-__all__ = ["DiagonalFallbackWarning", "Estimate", "LayerFactors", "WeightSharing", "clear_probe_cache", "estimate"]
+__all__ = ["DiagonalFallbackWarning", "Estimate", "LayerFactors", "Storage", "WeightSharing", "clear_probe_cache", "estimate"]
 
 _symmetrized = symmetrized  # former private name (tests of the in-place symmetrisation)
 
@@ -112,6 +112,7 @@ def estimate(
     seed: int = 0,
     kronecker: bool = True,
     weight_sharing: str = WeightSharing.REDUCE,
+    storage: str = Storage.AUTO,
     diagonal_modules: Sequence[str] = (),
     progress: bool = False,
     chunk_size: int = 8,
@@ -132,7 +133,12 @@ def estimate(
     ``distributed`` is True, every rank of ``process_group`` (default: the default group)
     must call this with its own batches: the result is the estimate over all ranks'
     batches, the same on every rank (:mod:`.distributed`); ``mc`` labels come from the
-    generator seeded with ``rank_seed(seed, rank)``."""
+    generator seeded with ``rank_seed(seed, rank)``.
+
+    ``storage``: ``"auto"`` holds a 2-D factor of side ``d ≥ 64`` whose rows number at
+    most ``d/2`` as its exact root (:mod:`.accumulate`), ``"dense"`` always as a matrix."""
+    if storage not in Storage.CHOICES:
+        raise ValueError(f"storage={storage!r} is not valid; choose one of {Storage.CHOICES}")
     model = unwrap(model)
     group = group_for(distributed, process_group)
     plan = Plan(model, kronecker, diagonal_modules)
@@ -198,7 +204,7 @@ def estimate(
                         prepared = None
                     cache[cache_key] = (frozenset(unexplained), dict(aligned_cache))
                     _report_fallback(plan, strict)
-                    acc = Accumulator(plan, weight_sharing, acc_dtype, device, chunk_size)
+                    acc = Accumulator(plan, weight_sharing, acc_dtype, device, chunk_size, storage)
                 if prepared is None:
                     prepared = prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator)
                 acc.add_inputs(prepared, batch_size)
@@ -217,7 +223,7 @@ def estimate(
         model.train(was_training)
     if group is not None:
         if acc is None:  # this rank saw no batch: it still adds its zeros to the others' sums
-            acc = Accumulator(plan, weight_sharing, acc_dtype, device, chunk_size)
+            acc = Accumulator(plan, weight_sharing, acc_dtype, device, chunk_size, storage)
         num_examples = reduce_accumulator(acc, num_examples, group)
     if num_examples == 0:
         raise ValueError("batches is empty: the Fisher needs at least one example.")

@@ -15,12 +15,21 @@ online merge, low-rank roots, packing for a state file). Conventions:
   is the ``(V,)`` diagonal of token frequencies and ``F_layer ≈ diag(A) ⊗ G`` over the
   row-major ``vec(W)``; positions always count as examples (``expand``).
 
-A factor may be held as a root ``R`` (``d × r``, factor ``= R Rᵀ``; see
-:meth:`LayerFactors.low_rank`): ``A_root`` / ``G_root`` say so.
+A factor may be held as a root ``R`` (``d × r``, factor ``= R Rᵀ``): ``A_root`` /
+``G_root`` say so. Roots come from the fit itself (``KFAC.fit(storage="auto")``, the
+default: a factor of side ``d ≥ 64`` summed from ``r ≤ d/2`` rows is stored as those
+rows, scaled, ``R = [√c_i X_iᵀ]_i / √norm``; exact, see :mod:`.accumulate`) or from
+:meth:`LayerFactors.low_rank` (eigendecomposition of a full factor, opt-in). Every
+method works on either storage: :meth:`LayerFactors.quadratic` picks the cheapest
+product (``‖R_Gᵀ D R_A‖²`` for two roots; autograd differentiates it, so no symmetry
+of ``R Rᵀ`` is assumed), :meth:`LayerFactors.dense_block` uses ``R Rᵀ``,
+:meth:`LayerFactors.merged` concatenates roots while the result keeps at most ``d/2``
+columns, state files store a root as ``"root"`` (``d × r``, row-major).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Optional
 
@@ -88,14 +97,21 @@ class LayerFactors:
         return (d_in, d_in), (weight_shape[0], weight_shape[0])
 
     @classmethod
-    def input_moment(cls, a: Tensor, valid: Tensor, has_bias: bool, dtype: torch.dtype, weight_shape: tuple) -> Tensor:
-        """``Σ_{valid (r, p)} ā āᵀ`` over ``a``: ``(rows, P, d_in)``, ``ā = [a, 1]`` with a bias.
-
-        One matrix product over the valid positions only (padding rows are never copied
-        or multiplied)."""
+    def input_rows(cls, a: Tensor, valid: Tensor, has_bias: bool, dtype: torch.dtype) -> Tensor:
+        """The valid positions' ``ā`` as rows: ``(valid positions, d_in(+1))`` from ``a``
+        ``(rows, P, d_in)``, ``ā = [a, 1]`` with a bias (padding rows are never copied).
+        ``None`` on a factor type whose ``A`` is not a Gram matrix of rows (embeddings)."""
         a = a[valid].to(dtype)  # (valid positions, d_in)
         if has_bias:
             a = torch.cat([a, torch.ones_like(a[:, :1])], dim=-1)
+        return a
+
+    @classmethod
+    def input_moment(cls, a: Tensor, valid: Tensor, has_bias: bool, dtype: torch.dtype, weight_shape: tuple) -> Tensor:
+        """``Σ_{valid (r, p)} ā āᵀ`` over ``a``: ``(rows, P, d_in)``, ``ā = [a, 1]`` with a bias.
+
+        One matrix product over the valid positions only (:meth:`input_rows`)."""
+        a = cls.input_rows(a, valid, has_bias, dtype)
         return a.T @ a
 
     # -- the penalty ------------------------------------------------------------------------
@@ -140,10 +156,19 @@ class LayerFactors:
 
     # -- several tasks, storage ---------------------------------------------------------------
     def merged(self, new: "LayerFactors", gamma: float) -> "LayerFactors":
-        """Online merge into ``new``: ``A ← (γ A_self + A_new)/(1+γ)``, ``G ← γ G_self + G_new``
-        (roots are merged as full matrices)."""
-        A = (gamma * self.full_A() + new.full_A()) / (1.0 + gamma)
-        return replace(new, A=A, G=gamma * self.full_G() + new.full_G(), A_root=False, G_root=False)
+        """Online merge into ``new``: ``A ← (γ A_self + A_new)/(1+γ)``, ``G ← γ G_self + G_new``.
+
+        A factor held as a root on both sides stays a root when the concatenation
+        (``A``: ``[√(γ/(1+γ)) R_self, √(1/(1+γ)) R_new]``; ``G``: ``[√γ R_self, R_new]``,
+        exact: ``[X, Y][X, Y]ᵀ = X Xᵀ + Y Yᵀ``) has at most ``d/2`` columns; otherwise
+        the merge is done on the full matrices."""
+        A, A_root = merged_factor(self.A, self.A_root, new.A, new.A_root, gamma / (1.0 + gamma), 1.0 / (1.0 + gamma))
+        if not A_root:
+            A = (gamma * self.full_A() + new.full_A()) / (1.0 + gamma)
+        G, G_root = merged_factor(self.G, self.G_root, new.G, new.G_root, gamma, 1.0)
+        if not G_root:
+            G = gamma * self.full_G() + new.full_G()
+        return replace(new, A=A, G=G, A_root=A_root, G_root=G_root)
 
     def _root_A(self, tol: float, max_fraction: float) -> tuple[Tensor, bool]:
         return maybe_root(self.full_A(), tol, max_fraction)
@@ -211,6 +236,8 @@ class DiagonalInputFactors(LayerFactors):
     @classmethod
     def shapes(cls, weight_shape, has_bias):
         return (weight_shape[0],), (weight_shape[1], weight_shape[1])
+
+    input_rows: ClassVar[None] = None  # A is a vector of counts, never a root
 
     @classmethod
     def input_moment(cls, a, valid, has_bias, dtype, weight_shape):
@@ -287,6 +314,14 @@ def maybe_root(M: Tensor, tol: float, max_fraction: float) -> tuple[Tensor, bool
     # row-major like a root read back from a file, so that a saved and reloaded state's
     # penalty is bit-identical (matmul's summation order follows the strides)
     return (U[:, :r] * s[:r].sqrt()).to(M.dtype).contiguous(), True
+
+
+def merged_factor(R: Tensor, R_root: bool, S: Tensor, S_root: bool, a: float, b: float) -> tuple[Optional[Tensor], bool]:
+    """``([√a R, √b S], True)``, the root of ``a R Rᵀ + b S Sᵀ``, when both are roots and
+    it has at most ``d/2`` columns; ``(None, False)`` otherwise (merge the full matrices)."""
+    if not (R_root and S_root) or 2 * (R.shape[1] + S.shape[1]) > R.shape[0]:
+        return None, False
+    return torch.cat([R * math.sqrt(a), S * math.sqrt(b)], dim=1).contiguous(), True
 
 
 def storage_of(t: Tensor, root: bool) -> str:
