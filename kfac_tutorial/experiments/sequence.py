@@ -14,7 +14,14 @@ from .profiles import Profile
 from .tasks import _stable_shuffle
 from .toy import Task
 
-__all__ = ["TaskSequence"]
+__all__ = ["KFAC_STORAGE", "TaskSequence"]
+
+#: How the experiments store Kronecker factors: full matrices (``storage="dense"``), as
+#: every recorded result (book/results/) was made. The library's default ``"auto"`` holds
+#: a factor fit from at most half its side in rows as an exact root: the same penalty to
+#: rounding, but rounding that training amplifies, so the records would then reproduce
+#: only at the ``agrees`` level of :func:`~kfac_tutorial.experiments.reproduction_check`.
+KFAC_STORAGE = "dense"
 
 
 class TaskSequence:
@@ -77,7 +84,9 @@ class TaskSequence:
             return EWC.fit(linker, batches, **common)
         modules = dict(linker.named_modules())
         diagonal = tuple(m for m in p.kfac_diagonal if m in modules)
-        return KFAC.fit(linker, batches, weight_sharing=p.weight_sharing, diagonal_modules=diagonal, **common)
+        return KFAC.fit(
+            linker, batches, weight_sharing=p.weight_sharing, diagonal_modules=diagonal, storage=KFAC_STORAGE, **common
+        )
 
     # evaluation -----------------------------------------------------------------------
     def _score(self, task: Task) -> tuple[dict, dict]:
