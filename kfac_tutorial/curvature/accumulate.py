@@ -144,12 +144,18 @@ class Accumulator:
             else:
                 self.A[name] = abar.T @ abar
 
-    def add_vector(self, prepared: list[Prepared], outputs: Tensor, v: Tensor, w: float, batch_size: int) -> None:
-        """Output-gradient factors and hook-based diagonal entries for one backprop vector."""
+    def add_vector(
+        self, prepared: list[Prepared], outputs: Tensor, v: Tensor, w: float, batch_size: int, known: dict | None = None
+    ) -> None:
+        """Output-gradient factors and hook-based diagonal entries for one backprop vector.
+
+        ``known``: gradients of ``v · outputs`` w.r.t. aligned calls' outputs already
+        computed (keyed by ``id(call)``, e.g. by the probes), not computed again."""
         plan, acc_dtype = self.plan, self.dtype
-        aligned = [p for p in prepared if not p.shared]
+        known = known or {}
+        grads = {id(p): known[id(p.call)] for p in prepared if not p.shared and id(p.call) in known}
+        aligned = [p for p in prepared if not p.shared and id(p) not in grads]
         shared = [p for p in prepared if p.shared]
-        grads = {}
         if aligned:
             gs = torch.autograd.grad(outputs, [p.call.output for p in aligned], v, retain_graph=True, allow_unused=True)
             grads.update({id(p): g for p, g in zip(aligned, gs)})
