@@ -252,9 +252,10 @@ def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_f
     """Verify once per model that expanding broadcast calls leaves the logits unchanged;
     if not, switch the expansion off and run the forward pass again.
 
-    First on the batch's first 2 examples (a recorded forward with expansion against a
-    plain one, both small); only if that does not show agreement (or the inputs cannot be
-    sliced) on the whole batch, against the logits already computed."""
+    First on the batch's first 2 examples: a plain (unexpanded) forward of them must give
+    the logits of a recorded (expanded) forward of them and the first 2 rows of the whole
+    batch's logits. Only if that does not show agreement (or the inputs cannot be sliced)
+    on the whole batch: a plain forward of it against the logits already computed."""
     key = (
         "broadcast",
         tuple((n, id(p)) for n, p in model.named_parameters()),
@@ -266,7 +267,11 @@ def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_f
         if small is not None:
             with recorder.aside():
                 expanded = _forward(model, small, 2, recorder, logits_fn).detach()
-                ok = recorder.expanded and _same_logits(_plain_logits(model, small, recorder, logits_fn), expanded)
+                if recorder.expanded:
+                    reference = _plain_logits(model, small, recorder, logits_fn)
+                    # and the whole batch's first 2 rows (a forward whose expansion matters
+                    # only beyond 2 rows); a model whose rows depend on the batch falls through
+                    ok = _same_logits(reference, expanded) and _same_logits(reference, outputs[:2].detach())
         if not ok:
             ok = _same_logits(_plain_logits(model, inputs, recorder, logits_fn), outputs.detach())
         cache[key] = ok
