@@ -123,7 +123,8 @@ class Accumulator:
             has_bias = plan.kronecker[name][1] is not None
             if self._sharing(p.rule) == WeightSharing.EXPAND:
                 moment = p.rule.factors.input_moment(a, valid, has_bias, acc_dtype, tuple(p.rule.weight_of(p.call.module).shape))
-                self.A[key] = self.A.get(key, 0) + mult * moment
+                moment = moment if mult == 1 else moment * mult  # (input_moment returns a fresh tensor)
+                self.A[key] = self.A[key].add_(moment) if key in self.A else moment
                 self.positions[key] += mult * float(valid.sum())
                 continue
             # reduce: masked sum over positions (a batched matvec, no masked copy of the
@@ -182,7 +183,10 @@ class Accumulator:
                 if self._sharing(p.rule) == WeightSharing.EXPAND:
                     mask = p.mask if p.mask is None or p.mask.shape[0] == ga.shape[0] else p.mask.expand(ga.shape[0], -1)
                     gv = (ga[mask] if mask is not None else ga).reshape(-1, ga.shape[-1])  # valid positions
-                    self.G[key] = self.G.get(key, 0) + w * (gv.T @ gv)
+                    if key in self.G:
+                        self.G[key].addmm_(gv.T, gv, alpha=w)
+                    else:
+                        self.G[key] = torch.mm(gv.T, gv) if w == 1 else torch.mm(gv.T, gv).mul_(w)
                 else:
                     s = ga.sum(1) if p.mask is None else torch.einsum("bp,bpo->bo", p.mask.to(acc_dtype), ga)
                     ghat[key] = ghat[key] + s if key in ghat else s
