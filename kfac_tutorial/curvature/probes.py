@@ -171,16 +171,21 @@ def probe_calls(
         first, second, extra = _alignment_passes(outputs, unknown, u, aligned_cache, [*params, *(c.output for c in rest)])
         true, rest_grads = extra[: len(params)], extra[len(params) :]
         call_grads = dict(zip(map(id, unknown), second)) | dict(zip(map(id, rest), rest_grads))
-        full = {id(c): g1 if g0 is None else g0 + g1 if g1 is not None else g0 for c, g0, g1 in zip(unknown, first, second)}
+        full = {id(c): (g0, g1) for c, g0, g1 in zip(unknown, first, second)}
     else:
         grads = torch.autograd.grad(outputs, [*params, *(c.output for c in calls)], u, retain_graph=True, allow_unused=True)
         true, call_grads = grads[: len(params)], dict(zip(map(id, calls), grads[len(params) :]))
-        full = dict(call_grads)
+        full = {k: (None, g) for k, g in call_grads.items()}
     prepared = _prepare(calls, batch_size, aligned_cache)
     bad = _unexplained(plan, names, true, prepared, call_grads) if names else set()
     reused = {}
     if vector is not None:
-        reused = {id(p.call): full[id(p.call)] for p in prepared if not p.shared and id(p.call) in full}
+        for p in prepared:
+            if not p.shared and id(p.call) in full:
+                g0, g1 = full[id(p.call)]
+                if g0 is not None and g1 is not None:  # aligned: g0 lives on row 0 only, g1 off it
+                    g1[:1] = g0[:1]  # g0 + g1, written into g1 (no longer needed as it was)
+                reused[id(p.call)] = g1 if g1 is not None else g0
     return prepared, bad, reused
 
 
@@ -210,13 +215,18 @@ def _unexplained(plan: Plan, names: list[str], true, prepared: list[Prepared], c
             t = pe[attr]
             t = t.summed(plan.params[pname].shape[0]) if isinstance(t, SparseRows) else t[0]
             explained[pname] = explained.get(pname, 0) + t
-    true = [torch.zeros_like(plan.params[n]) if t is None else t for n, t in zip(names, true)]
+    inf = float("inf")
+    largest = {n: 0.0 if t is None else torch.linalg.vector_norm(t, inf).item() for n, t in zip(names, true)}
     # gradients that vanish mathematically (e.g. attention key biases) are rounding noise:
     # compare against a tolerance relative to the largest gradient of the whole model too
-    floor = 1e-6 * max(t.abs().max().item() for t in true) + 1e-30
+    floor = 1e-6 * max(largest.values()) + 1e-30
     bad = set()
     for name, t in zip(names, true):
-        e = explained.get(name, torch.zeros_like(t))
-        if (e - t).abs().max().item() > 1e-4 * t.abs().max().item() + floor:
+        e = explained.get(name)
+        if e is None or t is None:
+            gap = largest[name] if e is None else torch.linalg.vector_norm(e, inf).item()
+        else:  # e is a sum of fresh tensors: subtract in place
+            gap = torch.linalg.vector_norm(e.sub_(t) if isinstance(e, Tensor) and e is not t else e - t, inf).item()
+        if gap > 1e-4 * largest[name] + floor:
             bad.add(name)
     return bad
