@@ -207,7 +207,7 @@ class Accumulator:
             if name in self.G:
                 self.G[name].addmm_(s.T, s, alpha=w)
             else:
-                self.G[name] = torch.mm(s.T, s).mul_(w)
+                self.G[name] = torch.mm(s.T, s) if w == 1 else torch.mm(s.T, s).mul_(w)
         for pname, pe in per_example.items():
             _add_squared_sum(self.diag[pname], pe, w)
 
@@ -284,5 +284,5 @@ class Accumulator:
             g_mat = symmetrized(g_mat, 0.5 / num_examples)
             factors[mname] = rule_factors(rule.kind, a_mat, g_mat, wname, bname)
         in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
-        diagonal = {n: d / num_examples for n, d in self.diag.items() if n not in in_kron}
+        diagonal = {n: d.div_(num_examples) for n, d in self.diag.items() if n not in in_kron}
         return factors, diagonal
