@@ -7,8 +7,9 @@ trainable bias):
 
 * Positions of an example. ``S_n`` is every position that example ``n``'s outputs
   depend on, over every call of the layer in the forward pass: a call whose rows are
-  the batch's examples (checked once per call site by a probe: row ``n`` of the call
-  must depend on example ``n`` only) contributes row ``n``'s positions; any other call
+  the batch's examples (checked once per call site by a probe, :mod:`.probes`: row 0
+  of the call feeds example 0's outputs only, and they see no other row) contributes
+  row ``n``'s positions; any other call
   (candidate names encoded once per batch, a ``(1, T)`` position-id call, a layer that
   mixes the batch) is *shared*: all its positions belong to every example, and its
   per-example output gradients are computed exactly with batched back-propagation
@@ -62,6 +63,7 @@ from .probes import (  # noqa: F401  (_PROBE_CACHE re-exported from its former h
     prepare_calls,
     probe_calls,
     structure_key,
+    unexplained_parameters,
     usable_probe_vector,
 )
 

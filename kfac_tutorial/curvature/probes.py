@@ -230,3 +230,19 @@ def _unexplained(plan: Plan, names: list[str], true, prepared: list[Prepared], c
         if gap > 1e-4 * largest[name] + floor:
             bad.add(name)
     return bad
+
+
+def unexplained_parameters(plan: Plan, prepared: list[Prepared], outputs: Tensor, generator: torch.Generator) -> set[str]:
+    """The explained-gradient check on its own (one backward pass of a random normal
+    vector); :func:`probe_calls` does it from the alignment passes."""
+    names = sorted(
+        {n for pair in plan.kronecker.values() for n in pair if n is not None}
+        | {pname for pairs in plan.hook_diag.values() for _, pname in pairs}
+    )
+    if not names:
+        return set()
+    v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
+    targets = [plan.params[n] for n in names] + [p.call.output for p in prepared]
+    grads = torch.autograd.grad(outputs, targets, v, retain_graph=True, allow_unused=True)
+    call_grads = {id(p.call): g for p, g in zip(prepared, grads[len(names) :])}
+    return _unexplained(plan, names, grads[: len(names)], prepared, call_grads)
