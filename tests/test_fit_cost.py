@@ -237,3 +237,30 @@ def test_first_examples_slices_only_batch_tensors():
     assert torch.equal(d["ids"], x[:2]) and d["mask"].shape == (2, 3) and d["flag"] is True
     assert est._first_examples({"ids": x, "other": torch.ones(3)}, 4, 2) is None
     assert est._first_examples([x], 4, 2) is None
+
+
+class SumPooled(nn.Module):
+    """A Linear over tokens whose output is sum-pooled right away: autograd hands its
+    gradient back as an expanded (zero-stride) tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lin, self.head = nn.Embedding(9, 4), nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.lin(self.emb(x)).sum(1)))
+
+
+@pytest.mark.parametrize("cls", [kt.EWC, kt.KFAC])
+def test_probe_reuse_with_expanded_gradients(cls):
+    torch.manual_seed(0)
+    model = SumPooled().double().eval()
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randint(0, 9, (4, 6), generator=gen), None) for _ in range(2)]
+    est.clear_probe_cache()
+    first = cls.fit(model, batches, fisher="mc", mc_samples=2)
+    second = cls.fit(model, batches, fisher="mc", mc_samples=2)
+    for name, d in first.diagonal.items():
+        torch.testing.assert_close(d, second.diagonal[name], rtol=1e-10, atol=1e-14)
+    for name, f in getattr(first, "factors", {}).items():
+        torch.testing.assert_close(f.G, second.factors[name].G, rtol=1e-10, atol=1e-14)

@@ -184,7 +184,10 @@ def probe_calls(
             if not p.shared and id(p.call) in full:
                 g0, g1 = full[id(p.call)]
                 if g0 is not None and g1 is not None:  # aligned: g0 lives on row 0 only, g1 off it
-                    g1[:1] = g0[:1]  # g0 + g1, written into g1 (no longer needed as it was)
+                    if g1.is_contiguous():  # g0 + g1, written into g1 (no longer needed as it was)
+                        g1[:1] = g0[:1]
+                    else:  # e.g. an expanded gradient (the output was summed over positions)
+                        g1 = g0 + g1
                 reused[id(p.call)] = g1 if g1 is not None else g0
     return prepared, bad, reused
 
