@@ -56,7 +56,7 @@ def squared_outer_sum(a: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
     a = broadcast_rows(a, batch)
     if positions == 1:
         return g[:, 0].to(dtype).square().T @ a[:, 0].to(dtype).square()
-    live = (g != 0).any(-1)  # (B, P)
+    live = g.abs().amax(-1) != 0  # (B, P); faster than (g != 0).any(-1) on CPU
     counts = live.sum(1)
     if int(counts.max()) <= 1:  # at most one position per example: gather it
         rows = torch.arange(batch, device=g.device)
