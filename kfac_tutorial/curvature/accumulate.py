@@ -112,9 +112,18 @@ def symmetrized(m: Tensor, scale: float, tile: int = 256) -> Tensor:
 
 
 # -- the dense path's updates of a sum ``acc`` (None: empty) by rows ``X`` with weight ``c``
+def _add_scaled(acc: Optional[Tensor], m: Tensor, c) -> Tensor:
+    """``acc + c · m``, written into ``m`` and then ``acc`` (``m`` is a fresh product): no
+    ``d × d`` temporaries, and bit for bit the out-of-place expression (``c = 1`` skips
+    the multiplication, which would not change a bit)."""
+    if c != 1:
+        m.mul_(c)
+    return m if acc is None else acc.add_(m)
+
+
 def _expand_add(acc: Optional[Tensor], X: Tensor, c) -> Tensor:
     """``acc + c · XᵀX`` (the ``expand`` sums)."""
-    return (0 if acc is None else acc) + c * (X.T @ X)
+    return _add_scaled(acc, X.T @ X, c)
 
 
 def _reduce_add_A(acc: Optional[Tensor], X: Tensor, c) -> Tensor:
@@ -234,7 +243,7 @@ class Accumulator:
                     self._add(self.A, key, rows, mult, _expand_add, True)
                 else:
                     moment = factor_type.input_moment(a, valid, has_bias, acc_dtype, tuple(p.rule.weight_of(p.call.module).shape))
-                    self.A[key] = self.A.get(key, 0) + mult * moment
+                    self.A[key] = _add_scaled(self.A.get(key), moment, mult)  # (input_moment returns a fresh tensor)
                 self.positions[key] += mult * float(valid.sum())
                 continue
             # reduce: masked sum over positions (a batched matvec, no masked copy of the
@@ -253,12 +262,18 @@ class Accumulator:
             abar = s / c.clamp(min=1).unsqueeze(-1)
             self._add(self.A, name, abar, 1, _reduce_add_A, input_rows[name] and self._rows_allowed(name, abar.shape[1]))
 
-    def add_vector(self, prepared: list[Prepared], outputs: Tensor, v: Tensor, w: float, batch_size: int) -> None:
-        """Output-gradient factors and hook-based diagonal entries for one backprop vector."""
+    def add_vector(
+        self, prepared: list[Prepared], outputs: Tensor, v: Tensor, w: float, batch_size: int, known: dict | None = None
+    ) -> None:
+        """Output-gradient factors and hook-based diagonal entries for one backprop vector.
+
+        ``known``: gradients of ``v · outputs`` w.r.t. aligned calls' outputs already
+        computed (keyed by ``id(call)``, e.g. by the probes), not computed again."""
         plan, acc_dtype = self.plan, self.dtype
-        aligned = [p for p in prepared if not p.shared]
+        known = known or {}
+        grads = {id(p): known[id(p.call)] for p in prepared if not p.shared and id(p.call) in known}
+        aligned = [p for p in prepared if not p.shared and id(p) not in grads]
         shared = [p for p in prepared if p.shared]
-        grads = {}
         if aligned:
             gs = torch.autograd.grad(outputs, [p.call.output for p in aligned], v, retain_graph=True, allow_unused=True)
             grads.update({id(p): g for p, g in zip(aligned, gs)})
@@ -384,5 +399,5 @@ class Accumulator:
             g_mat = g_mat.root(1.0 / num_examples) if roots["G_root"] else symmetrized(g_mat, 0.5 / num_examples)
             factors[mname] = rule_factors(rule.kind, a_mat, g_mat, wname, bname, **roots)
         in_kron = {n for pair in plan.kronecker.values() for n in pair if n is not None}
-        diagonal = {n: d / num_examples for n, d in self.diag.items() if n not in in_kron}
+        diagonal = {n: d.div_(num_examples) for n, d in self.diag.items() if n not in in_kron}
         return factors, diagonal

@@ -158,6 +158,16 @@ class CallRecorder:
             self._handles.append(self.rules[name].attach(module, _Site(self, name, self.rules[name])))
         return self
 
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """Run a forward pass whose calls (and masks, counts, flags) are forgotten on exit:
+        the recorder's state of the enclosing pass is restored."""
+        saved = (self.calls, self._counts, self._masks, self.expanded, self.refused, self.batch_size)
+        try:
+            yield
+        finally:
+            self.calls, self._counts, self._masks, self.expanded, self.refused, self.batch_size = saved
+
     def reset(self) -> None:
         """Forget the calls of the previous forward pass."""
         self.calls = []

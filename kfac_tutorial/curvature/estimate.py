@@ -7,8 +7,9 @@ trainable bias):
 
 * Positions of an example. ``S_n`` is every position that example ``n``'s outputs
   depend on, over every call of the layer in the forward pass: a call whose rows are
-  the batch's examples (checked once per call site by a probe: row ``n`` of the call
-  must depend on example ``n`` only) contributes row ``n``'s positions; any other call
+  the batch's examples (checked once per call site by a probe, :mod:`.probes`: row 0
+  of the call feeds example 0's outputs only, and they see no other row) contributes
+  row ``n``'s positions; any other call
   (candidate names encoded once per batch, a ``(1, T)`` position-id call, a layer that
   mixes the batch) is *shared*: all its positions belong to every example, and its
   per-example output gradients are computed exactly with batched back-propagation
@@ -39,6 +40,7 @@ calls), :mod:`.probes` (alignment, explained gradients, cached), :mod:`.accumula
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -59,8 +61,10 @@ from .probes import (  # noqa: F401  (_PROBE_CACHE re-exported from its former h
     clear_probe_cache,
     model_cache,
     prepare_calls,
+    probe_calls,
     structure_key,
     unexplained_parameters,
+    usable_probe_vector,
 )
 
 __all__ = ["DiagonalFallbackWarning", "Estimate", "LayerFactors", "Storage", "WeightSharing", "clear_probe_cache", "estimate"]
@@ -182,16 +186,26 @@ def estimate(
                 for call in calls:
                     call.check_not_modified()
                 prepared = None
+                vectors = backprop_vectors(outputs, targets, fisher, likelihood, mc_samples, generator)
+                reused: dict[int, Tensor] = {}
                 if batch_index == 0:
                     # parameters whose gradient the recorded calls do not fully explain (used
                     # functionally, modules never called, ...) fall back to torch.func
-                    cache_key = structure_key(model, kronecker, diagonal_modules, calls, batch_size, inputs)
+                    cache_key = (structure_key(model, kronecker, diagonal_modules, calls, batch_size, inputs), likelihood)
                     cached = cache.get(cache_key)
                     if cached is not None:
                         unexplained, aligned_cache = cached[0], dict(cached[1])
                     else:
-                        prepared = prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator)
-                        unexplained = unexplained_parameters(plan, prepared, outputs, probe_generator)
+                        # mc / empirical: the probe passes double as the first vector's backward pass
+                        first = next(vectors, None) if fisher in (FisherType.MC, FisherType.EMPIRICAL) else None
+                        if first is not None:
+                            vectors = itertools.chain([first], vectors)
+                        probe_vector = first[0].to(outputs.dtype) if first is not None else None
+                        if probe_vector is not None and not usable_probe_vector(probe_vector):
+                            probe_vector = None
+                        prepared, unexplained, reused = probe_calls(
+                            plan, calls, outputs, batch_size, aligned_cache, probe_generator, probe_vector
+                        )
                         # a call its rule could not explain (MHA as cross-attention): whatever the probe says
                         unexplained = set(unexplained).union(
                             *(plan.own_params(m) for m in recorder.refused if m in plan.recorded)
@@ -208,8 +222,9 @@ def estimate(
                 if prepared is None:
                     prepared = prepare_calls(calls, outputs, batch_size, aligned_cache, probe_generator)
                 acc.add_inputs(prepared, batch_size)
-                for v, w in backprop_vectors(outputs, targets, fisher, likelihood, mc_samples, generator):
-                    acc.add_vector(prepared, outputs, v.to(outputs.dtype), w, batch_size)
+                for v, w in vectors:
+                    acc.add_vector(prepared, outputs, v.to(outputs.dtype), w, batch_size, known=reused)
+                    reused = {}  # only the first vector's
                     if plan.vmap_diag:
                         recorder.active = False
                         try:
@@ -243,7 +258,12 @@ def _forward(model: nn.Module, inputs, examples: int, recorder: CallRecorder, lo
 
 def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_fn) -> Tensor:
     """Verify once per model that expanding broadcast calls leaves the logits unchanged;
-    if not, switch the expansion off and run the forward pass again."""
+    if not, switch the expansion off and run the forward pass again.
+
+    First on the batch's first 2 examples: a plain (unexpanded) forward of them must give
+    the logits of a recorded (expanded) forward of them and the first 2 rows of the whole
+    batch's logits. Only if that does not show agreement (or the inputs cannot be sliced)
+    on the whole batch: a plain forward of it against the logits already computed."""
     key = (
         "broadcast",
         tuple((n, id(p)) for n, p in model.named_parameters()),
@@ -251,20 +271,54 @@ def _check_broadcast(model, inputs, examples, outputs, recorder, cache, logits_f
     )
     ok = cache.get(key)
     if ok is None:
-        recorder.active = False
-        try:
-            with torch.no_grad():
-                reference = logits_fn(model, inputs)
-        finally:
-            recorder.active = True
-        out = outputs.detach()
-        scale = float(reference.abs().max()) if reference.numel() else 0.0
-        ok = reference.shape == out.shape and bool(torch.allclose(reference, out, rtol=1e-5, atol=1e-6 * scale + 1e-12))
+        small = _first_examples(inputs, examples, 2) if examples > 2 else None
+        if small is not None:
+            with recorder.aside():
+                expanded = _forward(model, small, 2, recorder, logits_fn).detach()
+                if recorder.expanded:
+                    reference = _plain_logits(model, small, recorder, logits_fn)
+                    # and the whole batch's first 2 rows (a forward whose expansion matters
+                    # only beyond 2 rows); a model whose rows depend on the batch falls through
+                    ok = _same_logits(reference, expanded) and _same_logits(reference, outputs[:2].detach())
+        if not ok:
+            ok = _same_logits(_plain_logits(model, inputs, recorder, logits_fn), outputs.detach())
         cache[key] = ok
     if ok:
         return outputs
     recorder.broadcast = False
     return _forward(model, inputs, examples, recorder, logits_fn)
+
+
+def _plain_logits(model, inputs, recorder, logits_fn) -> Tensor:
+    """The logits without recording (so without expanding any call), no graph."""
+    recorder.active = False
+    try:
+        with torch.no_grad():
+            return logits_fn(model, inputs)
+    finally:
+        recorder.active = True
+
+
+def _same_logits(reference: Tensor, out: Tensor) -> bool:
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    return reference.shape == out.shape and bool(torch.allclose(reference, out, rtol=1e-5, atol=1e-6 * scale + 1e-12))
+
+
+def _first_examples(inputs, examples: int, n: int):
+    """The first ``n`` examples of a tensor or a dict of tensors whose leading size is the
+    batch's (other dict entries as they are); ``None`` when it cannot tell."""
+    if isinstance(inputs, Tensor):
+        return inputs[:n] if inputs.dim() > 0 and inputs.shape[0] == examples else None
+    if not isinstance(inputs, dict):
+        return None
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, Tensor) and v.dim() > 0:
+            if v.shape[0] != examples:
+                return None
+            v = v[:n]
+        out[k] = v
+    return out
 
 
 def _check_refused(recorder: CallRecorder, plan: Plan, batch_index: int) -> None:
