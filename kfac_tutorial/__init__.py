@@ -6,7 +6,7 @@ against catastrophic forgetting, with medical entity linkers and data.
 >>> loss = task_loss + lam * kfac.penalty(model)                    # doctest: +SKIP
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from .consolidation import EWC, KFAC, Consolidation, ConsolidationSum, load  # noqa: E402
 from .persistence import StateFileError, StateMismatchError  # noqa: E402

@@ -8,7 +8,7 @@ badge installs the code it was written against. ``scripts/sync_chapter_headers.p
 rewrites every chapter's header from these values; ``tests/test_colab.py`` checks it.
 
 For the badges to resolve, the repository must be published at :data:`REPOSITORY` with
-the tag :data:`RELEASE` pushed (``git tag v0.4.0 && git push origin v0.3.0``).
+the tag :data:`RELEASE` pushed (``git tag v0.5.0 && git push origin v0.5.0``).
 """
 
 from __future__ import annotations
