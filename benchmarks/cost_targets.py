@@ -69,46 +69,12 @@ def _pair_ratio(times: dict, top: str, bottom: str) -> float:
     return statistics.median(a / b for a, b in zip(times[top], times[bottom]))
 
 
-def _stock_bert(seed: int, classes: int = 20, batches: int = 4, batch_size: int = 32, length: int = 32):
-    """A MiniLM-sized stock ``BertModel`` (random weights) + CLS head, and its batches."""
-    import torch
-    from torch import nn
-    from transformers import BertConfig, BertModel
-
-    class ClsHead(nn.Module):
-        def __init__(self, config):
-            super().__init__()
-            self.bert = BertModel(config, add_pooling_layer=False)
-            self.head = nn.Linear(config.hidden_size, classes)
-
-        def forward(self, inputs: dict) -> torch.Tensor:
-            return self.head(self.bert(**inputs).last_hidden_state[:, 0])
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
-        attn_implementation="eager",
-    )
-    model = ClsHead(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    data = []
-    for _ in range(batches):
-        ids = torch.randint(1000, 30000, (batch_size, length), generator=g)
-        mask = torch.ones(batch_size, length, dtype=torch.long)
-        mask[: batch_size // 2, length * 3 // 4 :] = 0
-        data.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (batch_size,), generator=g)))
-    return model, data
-
-
 def _stock_bert_fit(method: str, seed: int) -> dict:
     import torch
     from torch import nn
 
     import kfac_tutorial as kt
+    from benchmarks.stock_bert import build  # the checkout's own stock model and batches
 
     def plain(model, data):
         for inputs, y in data:
@@ -117,7 +83,7 @@ def _stock_bert_fit(method: str, seed: int) -> dict:
 
     fit_s, plain_s = [], []
     for k in range(3):  # a fresh model for every fit: first fits, probes included
-        model, data = _stock_bert(seed * 10 + k)
+        model, data = build(seed=seed * 10 + k)
         plain(model, data[:1])  # warm-up of the kernels, not of the package
         t0 = time.perf_counter()
         plain(model, data)
