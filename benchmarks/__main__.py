@@ -240,6 +240,7 @@ def state_section(
         entry = {
             "auto": state_bytes(auto, w.model, tmpdir, f"{name}-auto"),
             "full": state_bytes(kfac, w.model, tmpdir, f"{name}-full"),
+            "packed": state_bytes(kfac.packed(), w.model, tmpdir, f"{name}-packed"),  # exact upper triangles
             "ewc_state_over_parameters": 1.0,
             "fisher_examples": w.num_examples,
             "notes": w.notes,
@@ -247,7 +248,7 @@ def state_section(
         for tol in (0.0, 0.01) if name in low_rank_names else ():
             entry[f"low_rank_tol={tol}"] = state_bytes(kfac.low_rank(tol), w.model, tmpdir, f"{name}-lr{tol}")
         out[w.name] = entry
-        for k in [k for k in ("auto", "full", "low_rank_tol=0.0", "low_rank_tol=0.01") if k in entry]:
+        for k in [k for k in ("auto", "full", "packed", "low_rank_tol=0.0", "low_rank_tol=0.01") if k in entry]:
             e = entry[k]
             print(
                 f"state {w.name:<14} {k:<18} in memory {e['state_over_parameters']:.2f}x params, file {e['file_curvature_over_parameters']:.2f}x  "

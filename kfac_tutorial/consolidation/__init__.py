@@ -32,7 +32,8 @@ Several tasks:
 Damping ``δ`` adds ``½ δ ‖θ − θ*‖²`` (``F̂ + δ I``).
 
 Storage. State files hold each symmetric factor as its upper triangle (exact, half the
-bytes). ``kfac.low_rank(tol)`` (opt-in) replaces a factor ``M`` by a root ``R``
+bytes); ``kfac.packed()`` (or ``KFAC.fit(storage="packed")``, opt-in, exact) holds them
+that way in memory too, the penalty bit for bit the dense state's. ``kfac.low_rank(tol)`` (opt-in) replaces a factor ``M`` by a root ``R``
 (``d × r``, ``M ≈ R Rᵀ`` from its eigendecomposition) wherever ``r ≤ d/2``: ``tol=0``
 keeps the numerical rank (exact to rounding: a ``reduce`` factor from ``N`` examples has
 rank ≤ ``N``), ``tol > 0`` drops the smallest eigenvalues holding at most ``tol/2`` of

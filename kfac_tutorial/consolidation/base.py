@@ -274,12 +274,18 @@ class Consolidation:
     @classmethod
     def load(cls, path: PathLike, model: nn.Module) -> "Consolidation":
         """Read a state saved by :meth:`save` and check it against ``model``."""
+        tensors, meta = cls._read(path, model)
+        return cls._from_tensors(tensors, meta, model, "", str(path))
+
+    @classmethod
+    def _read(cls, path: PathLike, model: nn.Module) -> tuple[dict, dict]:
+        """``(tensors, meta)`` of the state file at ``path``, checked to hold a ``cls.kind`` state."""
         tensors, meta = read_state(path, device=device_of(model))
         if meta.get("kind") != cls.kind:
             raise StateFileError(
                 f"{path} holds a {meta.get('kind')!r} state, not {cls.kind!r}; use kfac_tutorial.load() or {meta.get('kind')}.load()"
             )
-        return cls._from_tensors(tensors, meta, model, "", str(path))
+        return tensors, meta
 
     @classmethod
     def _from_tensors(cls, tensors, meta, model, prefix, source) -> "Consolidation":

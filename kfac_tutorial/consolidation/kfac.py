@@ -1,5 +1,6 @@
 """KFAC: per layer ``F_layer ≈ G ⊗ A`` (the layer's rule picks the factor type), a
-diagonal elsewhere; online merge of the factors; opt-in low-rank roots."""
+diagonal elsewhere; online merge of the factors; opt-in low-rank roots; opt-in packed
+upper triangles (exact)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from torch import nn
 
 from ..curvature import LayerFactors
 from ..curvature.factors import FACTOR_TYPES
+from ..curvature.accumulate import Storage
 from ..curvature.model_io import unwrap
 from ..persistence import StateFileError, StateMismatchError
 from .base import Consolidation, check_gamma
+
+#: ``KFAC.fit``'s storage choices: the estimate's (``auto``, ``dense``) and ``packed``
+#: (``auto``'s roots, the other symmetric 2-D factors as packed upper triangles).
+PACKED = "packed"
+STORAGE_CHOICES = (*Storage.CHOICES, PACKED)
 
 
 class KFAC(Consolidation):
@@ -61,6 +68,8 @@ class KFAC(Consolidation):
         ``expand``; ``G``: examples × backprop vectors), built from those rows without an
         eigendecomposition and without the ``d × d`` matrix; the state then equals the
         dense one up to rounding. ``"dense"`` always holds ``d × d`` matrices.
+        ``"packed"``: ``"auto"``'s roots, and every other symmetric 2-D factor held as its
+        upper triangle (``d(d+1)/2`` numbers, exact; see :meth:`packed`).
         Embedding ``A`` vectors, cross-attention's grouped factors and distributed fits
         stay dense. Modules named in ``diagonal_modules`` (or below
         them) and diagonal-only layers (LayerNorm) get diagonal entries. Any other module
@@ -71,6 +80,8 @@ class KFAC(Consolidation):
         models) as :meth:`EWC.fit`; across ranks, symmetric factors are summed as packed
         upper triangles.
         """
+        if storage not in STORAGE_CHOICES:
+            raise ValueError(f"storage={storage!r} is not valid; choose one of {STORAGE_CHOICES}")
         est, anchor, info = cls._estimate(
             model,
             batches,
@@ -82,13 +93,14 @@ class KFAC(Consolidation):
             progress=progress,
             kronecker=True,
             weight_sharing=weight_sharing,
-            storage=storage,
+            storage=Storage.AUTO if storage == PACKED else storage,
             diagonal_modules=diagonal_modules,
             strict=strict,
             distributed=distributed,
             process_group=process_group,
         )
-        return cls(anchor, est.diagonal, est.factors, damping=damping, info=info)
+        state = cls(anchor, est.diagonal, est.factors, damping=damping, info=info)
+        return state.packed() if storage == PACKED else state
 
     # -- penalty, dense matrix, bytes --------------------------------------------------------
     def _quadratic(self, params):
@@ -141,6 +153,17 @@ class KFAC(Consolidation):
         factors = {m: f.low_rank(tol / 2, max_fraction) for m, f in self.factors.items()}
         return KFAC(self.anchor, self.diagonal, factors, damping=self.damping, info={**self.info, "low_rank_tol": tol})
 
+    # -- packed upper triangles (opt-in, exact) -------------------------------------------
+    def packed(self) -> "KFAC":
+        """A copy whose full symmetric 2-D factors are held packed: the upper triangle,
+        ``d(d+1)/2`` numbers instead of ``d²`` (``A_packed`` / ``G_packed``). Roots, the
+        embedding's ``A`` vector, non-symmetric and grouped factors stay as held; the anchor
+        and diagonal entries are shared with ``self``. Exact: the penalty unpacks one
+        layer's factors for its term only and is bit for bit the dense state's, as is its
+        gradient; :meth:`memory_bytes` counts the triangles."""
+        factors = {m: (f.packed_copy() if hasattr(f, "packed_copy") else f) for m, f in self.factors.items()}
+        return KFAC(self.anchor, self.diagonal, factors, damping=self.damping, info=dict(self.info))
+
     # -- persistence ---------------------------------------------------------------------------
     def _meta(self):
         meta = super()._meta()
@@ -153,6 +176,14 @@ class KFAC(Consolidation):
             tensors[f"{prefix}A/{m}"], tensors[f"{prefix}G/{m}"] = f.packed()
         return tensors
 
+    @classmethod
+    def load(cls, path, model: nn.Module, *, packed: bool = False) -> "KFAC":
+        """Read a state saved by :meth:`save`; ``packed=True`` holds the file's upper
+        triangles (``"triu"`` factors) packed as read, without forming ``d × d`` matrices
+        (the state :meth:`packed` would give)."""
+        tensors, meta = cls._read(path, model)
+        return cls._from_tensors(tensors, {**meta, "_keep_packed": packed}, model, "", str(path))
+
     def _load_extra(self, tensors, meta, model, prefix, get, source):
         modules = dict(unwrap(model).named_modules())
         for spec in meta.get("factors", []):
@@ -164,4 +195,5 @@ class KFAC(Consolidation):
                 raise StateFileError(
                     f"{source}: factors of module '{m}' have unknown kind {spec['kind']!r}; upgrade kfac_tutorial"
                 )
-            self.factors[m] = factor_type.unpacked(spec, meta["params"][spec["weight"]], get, source, prefix)
+            keep = bool(meta.get("_keep_packed", False))
+            self.factors[m] = factor_type.unpacked(spec, meta["params"][spec["weight"]], get, source, prefix, keep)

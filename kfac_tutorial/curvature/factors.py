@@ -25,6 +25,16 @@ product (``‖R_Gᵀ D R_A‖²`` for two roots; autograd differentiates it, so 
 of ``R Rᵀ`` is assumed), :meth:`LayerFactors.dense_block` uses ``R Rᵀ``,
 :meth:`LayerFactors.merged` concatenates roots while the result keeps at most ``d/2``
 columns, state files store a root as ``"root"`` (``d × r``, row-major).
+
+A 2-D symmetric factor may also be held *packed* (``A_packed`` / ``G_packed``): its upper
+triangle as a vector of ``d(d+1)/2`` numbers, row-major (``M[i, j]``, ``i ≤ j``), the
+layout state files use for ``"triu"``. Exact: opt-in by :meth:`LayerFactors.packed_copy`
+(``KFAC.packed()``, ``KFAC.fit(storage="packed")``, ``KFAC.load(..., packed=True)``).
+:meth:`LayerFactors.full_A` / :meth:`LayerFactors.full_G` unpack; the penalty unpacks one
+layer's factors for that layer's term only (transient) and then runs the dense arithmetic,
+so the penalty and its gradient are bit for bit the dense state's; ``dense_block``,
+``merged`` (a merged factor stays packed) and ``low_rank`` work on the full matrices;
+state files store a packed factor as ``"triu"`` without unpacking it.
 """
 
 from __future__ import annotations
@@ -68,6 +78,8 @@ class LayerFactors:
         G: output-gradient factor ``(d_out, d_out)`` (or a root).
         weight, bias: parameter names; the bias (or None) is the last column of ``[W | b]``.
         A_root, G_root: the factor is held as a root ``R`` with factor ``= R Rᵀ``.
+        A_packed, G_packed: the symmetric factor is held as its upper triangle, a vector
+            of ``d(d+1)/2`` numbers (row-major, :func:`pack_triu`).
     """
 
     kind: str
@@ -77,17 +89,29 @@ class LayerFactors:
     bias: Optional[str] = None
     A_root: bool = False
     G_root: bool = False
+    A_packed: bool = False
+    G_packed: bool = False
 
     # positions of this layer always count as extra examples (no ``reduce`` setting)
     expand_only: ClassVar[bool] = False
 
     def full_A(self) -> Tensor:
-        """The input factor as stored, or ``R Rᵀ`` for a root."""
+        """The input factor as stored, ``R Rᵀ`` for a root, unpacked for a packed one."""
+        if self.A_packed:
+            return unpack_triu(self.A)
         return self.A @ self.A.T if self.A_root else self.A
 
     def full_G(self) -> Tensor:
-        """The ``(d_out, d_out)`` output-gradient factor (``R Rᵀ`` for a root)."""
+        """The ``(d_out, d_out)`` output-gradient factor (``R Rᵀ`` for a root, unpacked
+        for a packed one)."""
+        if self.G_packed:
+            return unpack_triu(self.G)
         return self.G @ self.G.T if self.G_root else self.G
+
+    def _working(self) -> tuple[Tensor, Tensor]:
+        """``(A, G)`` to compute with: roots and dense matrices as held, packed factors
+        unpacked (a transient ``d × d`` copy for the caller)."""
+        return (unpack_triu(self.A) if self.A_packed else self.A), (unpack_triu(self.G) if self.G_packed else self.G)
 
     # -- shapes and estimation ----------------------------------------------------------
     @classmethod
@@ -132,7 +156,8 @@ class LayerFactors:
         for the storage: ``‖R_Gᵀ D R_A‖²``, ``tr(Xᵀ G X)`` with ``X = D R_A``, ``tr(Y A Yᵀ)``
         with ``Y = R_Gᵀ D``, or ``sum(D ⊙ G D A)``."""
         D = self.delta(params, anchor)
-        A, G = self.A.to(D.dtype), self.G.to(D.dtype)
+        A, G = self._working()
+        A, G = A.to(D.dtype), G.to(D.dtype)
         if self.A_root and self.G_root:
             Y = torch.linalg.multi_dot([G.T, D, A])
             return (Y * Y).sum()
@@ -161,14 +186,18 @@ class LayerFactors:
         A factor held as a root on both sides stays a root when the concatenation
         (``A``: ``[√(γ/(1+γ)) R_self, √(1/(1+γ)) R_new]``; ``G``: ``[√γ R_self, R_new]``,
         exact: ``[X, Y][X, Y]ᵀ = X Xᵀ + Y Yᵀ``) has at most ``d/2`` columns; otherwise
-        the merge is done on the full matrices."""
+        the merge is done on the full matrices (packed again when either side's factor
+        was packed: ``γ X + Y`` of symmetric matrices is exactly symmetric)."""
         A, A_root = merged_factor(self.A, self.A_root, new.A, new.A_root, gamma / (1.0 + gamma), 1.0 / (1.0 + gamma))
+        A_packed = G_packed = False
         if not A_root:
             A = (gamma * self.full_A() + new.full_A()) / (1.0 + gamma)
+            A, A_packed = _maybe_pack(A, self.A_packed or new.A_packed)
         G, G_root = merged_factor(self.G, self.G_root, new.G, new.G_root, gamma, 1.0)
         if not G_root:
             G = gamma * self.full_G() + new.full_G()
-        return replace(new, A=A, G=G, A_root=A_root, G_root=G_root)
+            G, G_packed = _maybe_pack(G, self.G_packed or new.G_packed)
+        return replace(new, A=A, G=G, A_root=A_root, G_root=G_root, A_packed=A_packed, G_packed=G_packed)
 
     def _root_A(self, tol: float, max_fraction: float) -> tuple[Tensor, bool]:
         return maybe_root(self.full_A(), tol, max_fraction)
@@ -176,13 +205,29 @@ class LayerFactors:
     def low_rank(self, tol: float, max_fraction: float) -> "LayerFactors":
         """A copy with each factor held as a root where its kept rank is at most
         ``max_fraction · d`` (``tol``: the trace share each factor may drop, see
-        :func:`maybe_root`)."""
+        :func:`maybe_root`); a factor kept full keeps its storage (dense or packed)."""
         A, A_root = self._root_A(tol, max_fraction)
+        A_packed = self.A_packed and not A_root
+        if A_packed:
+            A = self.A
         G, G_root = maybe_root(self.full_G(), tol, max_fraction)
-        return replace(self, A=A, G=G, A_root=A_root, G_root=G_root)
+        G_packed = self.G_packed and not G_root
+        if G_packed:
+            G = self.G
+        return replace(self, A=A, G=G, A_root=A_root, G_root=G_root, A_packed=A_packed, G_packed=G_packed)
+
+    def packed_copy(self) -> "LayerFactors":
+        """A copy whose full 2-D factors that are exactly symmetric are held packed (upper
+        triangle, ``d(d+1)/2`` numbers); roots, 1-D factors and non-symmetric factors as held."""
+        A, A_packed = (self.A, self.A_packed) if self.A_root else _maybe_pack(self.A, True)
+        G, G_packed = (self.G, self.G_packed) if self.G_root else _maybe_pack(self.G, True)
+        return replace(self, A=A, G=G, A_packed=A_packed, G_packed=G_packed)
 
     def _storage_A(self) -> str:
-        return storage_of(self.A, self.A_root)
+        return "triu" if self.A_packed else storage_of(self.A, self.A_root)
+
+    def _storage_G(self) -> str:
+        return "triu" if self.G_packed else storage_of(self.G, self.G_root)
 
     def spec(self, module: str) -> dict:
         """Metadata of the factors for a state file."""
@@ -192,21 +237,31 @@ class LayerFactors:
             "weight": self.weight,
             "bias": self.bias,
             "A_storage": self._storage_A(),
-            "G_storage": storage_of(self.G, self.G_root),
+            "G_storage": self._storage_G(),
         }
 
     def packed(self) -> tuple[Tensor, Tensor]:
-        """``(A, G)`` as written to a state file (upper triangles of symmetric factors)."""
-        return pack(self.A, self._storage_A()), pack(self.G, storage_of(self.G, self.G_root))
+        """``(A, G)`` as written to a state file (upper triangles of symmetric factors;
+        a packed factor is written as held)."""
+        A = self.A if self.A_packed else pack(self.A, self._storage_A())
+        G = self.G if self.G_packed else pack(self.G, self._storage_G())
+        return A, G
 
     @classmethod
-    def unpacked(cls, spec: dict, weight_shape: tuple, get: Callable, source: str, prefix: str) -> "LayerFactors":
-        """Factors read back from a state file (``get(key, shape)`` returns a checked tensor)."""
+    def unpacked(
+        cls, spec: dict, weight_shape: tuple, get: Callable, source: str, prefix: str, keep_packed: bool = False
+    ) -> "LayerFactors":
+        """Factors read back from a state file (``get(key, shape)`` returns a checked tensor);
+        ``keep_packed``: hold the file's ``"triu"`` factors packed instead of unpacking them."""
         a_shape, g_shape = cls.shapes(tuple(weight_shape), spec["bias"] is not None)
         m = spec["module"]
-        A, A_root = unpack(get, f"A/{m}", a_shape, spec.get("A_storage", "dense"), source, prefix)
-        G, G_root = unpack(get, f"G/{m}", g_shape, spec.get("G_storage", "dense"), source, prefix)
-        return cls(spec["kind"], A, G, spec["weight"], spec["bias"], A_root=A_root, G_root=G_root)
+        A_storage, G_storage = spec.get("A_storage", "dense"), spec.get("G_storage", "dense")
+        A, A_root = unpack(get, f"A/{m}", a_shape, A_storage, source, prefix, keep_packed)
+        G, G_root = unpack(get, f"G/{m}", g_shape, G_storage, source, prefix, keep_packed)
+        A_packed, G_packed = keep_packed and A_storage == "triu", keep_packed and G_storage == "triu"
+        return cls(
+            spec["kind"], A, G, spec["weight"], spec["bias"], A_root=A_root, G_root=G_root, A_packed=A_packed, G_packed=G_packed
+        )
 
 
 @dataclass
@@ -257,7 +312,7 @@ class DiagonalInputFactors(LayerFactors):
         rows = self._rows()
         D = dW.index_select(0, rows)
         a = self.A.to(dW.dtype).index_select(0, rows)
-        G = self.G.to(dW.dtype)
+        G = (unpack_triu(self.G) if self.G_packed else self.G).to(dW.dtype)
         if self.G_root:  # Σ_v a_v ‖ΔW_v R_G‖²
             Y = (a.sqrt().unsqueeze(1) * D) @ G
             return (Y * Y).sum()
@@ -333,25 +388,55 @@ def storage_of(t: Tensor, root: bool) -> str:
     return "triu"
 
 
+def _upper_mask(d: int, device) -> Tensor:
+    """``(d, d)`` bool, True on and above the diagonal (its row-major True entries are the
+    ``triu_indices`` order)."""
+    return torch.ones(d, d, dtype=torch.bool, device=device).triu_()
+
+
+def pack_triu(M: Tensor) -> Tensor:
+    """The upper triangle of a ``(d, d)`` matrix, row-major: ``(d(d+1)/2,)``."""
+    return M[_upper_mask(M.shape[0], M.device)]
+
+
+def triu_side(n: int) -> int:
+    """``d`` with ``d(d+1)/2 = n``."""
+    d = (math.isqrt(8 * n + 1) - 1) // 2
+    if d * (d + 1) // 2 != n:
+        raise ValueError(f"{n} numbers are not the upper triangle of a square matrix")
+    return d
+
+
+def unpack_triu(v: Tensor) -> Tensor:
+    """The symmetric ``(d, d)`` matrix (contiguous) whose upper triangle is ``v`` (exact copies)."""
+    d = triu_side(v.numel())
+    mask = _upper_mask(d, v.device)
+    M = v.new_empty(d, d).masked_scatter_(mask, v)  # the upper triangle; below it unset
+    return torch.where(mask, M, M.T.contiguous())  # (a contiguous transpose: faster than a strided read)
+
+
+def _maybe_pack(t: Tensor, want: bool) -> tuple[Tensor, bool]:
+    """``(upper triangle, True)`` when ``want`` and ``t`` is an exactly symmetric matrix, else ``(t, False)``."""
+    if want and storage_of(t, False) == "triu":
+        return pack_triu(t), True
+    return t, False
+
+
 def pack(t: Tensor, storage: str) -> Tensor:
-    if storage != "triu":
-        return t
-    i, j = torch.triu_indices(t.shape[0], t.shape[0], device=t.device)
-    return t[i, j].contiguous()
+    return pack_triu(t) if storage == "triu" else t
 
 
-def unpack(get: Callable, key: str, shape: tuple, storage: str, source: str, prefix: str) -> tuple[Tensor, bool]:
-    """Read one factor stored as ``dense``, ``triu`` or ``root`` and check its shape."""
+def unpack(
+    get: Callable, key: str, shape: tuple, storage: str, source: str, prefix: str, keep_packed: bool = False
+) -> tuple[Tensor, bool]:
+    """Read one factor stored as ``dense``, ``triu`` or ``root`` and check its shape
+    (``keep_packed``: return a ``triu`` factor's vector as stored)."""
     if storage == "dense":
         return get(key, shape), False
     if storage == "triu":
         d = shape[0]
         v = get(key, (d * (d + 1) // 2,))
-        i, j = torch.triu_indices(d, d, device=v.device)
-        M = v.new_zeros(d, d)
-        M[i, j] = v
-        M[j, i] = v
-        return M, False
+        return (v if keep_packed else unpack_triu(v)), False
     if storage == "root":
         t = get(key)
         if t.dim() != 2 or t.shape[0] != shape[0] or t.shape[1] > shape[0]:

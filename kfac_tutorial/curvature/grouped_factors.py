@@ -138,7 +138,8 @@ class QKVGroupFactors(LayerFactors):
         return {**super().spec(module), "groups": list(self.groups)}
 
     @classmethod
-    def unpacked(cls, spec, weight_shape, get, source, prefix):
+    def unpacked(cls, spec, weight_shape, get, source, prefix, keep_packed=False):
+        """Read back (always dense; ``keep_packed`` does not apply)."""
         m = spec["module"]
         groups = tuple(int(g) for g in spec.get("groups") or ())
         try:

@@ -13,11 +13,14 @@ Sizes of the usual KFAC storage, for orientation (``b`` bytes per number):
   without), ``G`` is ``d_out²``; the parameters are ``d_out (d_in + 1)``.
 * ``Conv1d(c_in, c_out, k)``: ``A`` is ``(c_in k + 1)²``, ``G`` is ``c_out²``.
 * ``Embedding(V, D)``: ``A`` is the ``V`` token frequencies (a vector), ``G`` is ``D²``.
+* A factor held packed (``KFAC.packed()``): ``d(d+1)/2`` numbers instead of ``d²``,
+  described as ``A packed triu (d)``.
 * Anything held diagonally (LayerNorm, EWC's every parameter): one number per parameter.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from typing import TYPE_CHECKING
@@ -53,6 +56,8 @@ def _describe_factor(f, field: str, t: Tensor) -> str:
         return own(field)
     if getattr(f, f"{field}_root", False):
         return f"{field} root {_shape(t)}"
+    if getattr(f, f"{field}_packed", False):  # upper triangle of a d × d factor
+        return f"{field} packed triu ({(math.isqrt(8 * t.numel() + 1) - 1) // 2})"
     if t.dim() == 1:
         return f"{field} diag({t.numel()})"
     return f"{field} {_shape(t)}"
@@ -77,7 +82,8 @@ def memory_report(state, model: nn.Module) -> "pd.DataFrame":
     * ``parameters`` (count) and ``parameter_bytes`` (all the module's own parameters,
       trainable or not); ``curvature_bytes``: bytes the state holds for the module;
       ``ratio``: ``curvature_bytes / parameter_bytes``;
-    * ``factors``: the shapes held, e.g. ``A 257×257, G 256×256`` or ``diag 384 + diag 384``.
+    * ``factors``: the shapes held, e.g. ``A 257×257, G 256×256``, ``A packed triu (257)``
+      or ``diag 384 + diag 384``.
 
     For a per-task sum every term's tensors are added up. Bytes the state holds that
     belong to no module of the model (not expected) appear in a last row named

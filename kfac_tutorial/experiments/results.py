@@ -203,7 +203,7 @@ def benchmark_tables(results: dict) -> dict:
             )
     state = []
     for workload, entry in results.get("state", {}).items():
-        for storage in ("auto", "full", "low_rank_tol=0.0", "low_rank_tol=0.01"):
+        for storage in ("auto", "full", "packed", "low_rank_tol=0.0", "low_rank_tol=0.01"):
             e = entry.get(storage)
             if not e:
                 continue
