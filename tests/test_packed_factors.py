@@ -20,7 +20,8 @@ import torch
 
 import kfac_tutorial as kt
 from kfac_tutorial.curvature import memory_report
-from kfac_tutorial.curvature.factors import LayerFactors, pack_triu, triu_side, unpack_triu
+from kfac_tutorial.curvature.factors import LayerFactors
+from kfac_tutorial.curvature.storage import pack_triu, triu_side, unpack_triu
 
 try:
     from . import models as M
