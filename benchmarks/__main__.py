@@ -34,7 +34,7 @@ from kfac_tutorial.experiments.cost import penalised_step, time_penalty_steps
 
 from kfac_tutorial.curvature import memory_report
 
-from .measure import measure
+from .measure import measure, timed
 from .peers import RUNNERS, only_linear, versions
 from .workloads import workload
 
@@ -118,9 +118,7 @@ def training_step(repeats, examples, name="minilm", *, device: torch.device):
     auto = kt.KFAC.fit(model, w.batches, **fit_kw)  # the default: storage="auto"
     kfac = kt.KFAC.fit(model, w.batches, storage="dense", **fit_kw)  # the full factors
     ewc = kt.EWC.fit(model, w.batches, fisher="mc", progress=False)
-    t0 = time.perf_counter()
-    low0 = kfac.low_rank(0.0)
-    t_low = time.perf_counter() - t0
+    t_low, low0 = timed(lambda: kfac.low_rank(0.0), device)
     low1 = kfac.low_rank(0.01)
     variants = {
         "plain": None,
@@ -156,10 +154,10 @@ def training_step(repeats, examples, name="minilm", *, device: torch.device):
         errors_r = {k: abs(float(variants[k].penalty(model)) - ref_r) / ref_r for k in errors}
         for n, p in model.named_parameters():
             p.copy_(saved[n])
-    timed = time_penalty_steps(model, x, y, variants, repeats)  # interleaved, SGD with lr 0
+    step_times = time_penalty_steps(model, x, y, variants, repeats)  # interleaved, SGD with lr 0
     model.eval()
     rows = []
-    for k, t in timed.items():
+    for k, t in step_times.items():
         st = variants[k]
         row = {
             "variant": k,

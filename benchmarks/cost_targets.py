@@ -56,25 +56,11 @@ DETERMINISTIC = {"bert_base_state", "bert_base_state_full_rank"}
 
 
 # -- workers (run inside one checkout) ------------------------------------------------------
-def _interleaved(fns: dict, repeats: int) -> dict:
-    """Seconds of each callable, warmed up once, then ``repeats`` interleaved rounds."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
 def _pair_ratio(times: dict, top: str, bottom: str) -> float:
     return statistics.median(a / b for a, b in zip(times[top], times[bottom]))
 
 
 def _stock_bert_fit(method: str, seed: int) -> dict:
-    import torch
     from torch import nn
 
     import kfac_tutorial as kt
@@ -97,16 +83,16 @@ def _stock_bert_fit(method: str, seed: int) -> dict:
         getattr(kt, method).fit(model, data, fisher="mc", progress=False)
         fit_s.append(time.perf_counter() - t0)
         del model
-        torch.manual_seed(0)
     return {"ratio": statistics.median(a / b for a, b in zip(fit_s, plain_s)), "fit_s": fit_s, "plain_s": plain_s}
 
 
 def _cnn_kfac(seed: int) -> dict:
     from benchmarks.peers import ours_kfac, plain_fwd_bwd
     from benchmarks.workloads import workload
+    from kfac_tutorial.experiments.cost import _timed  # warm-up, then interleaved rounds (every checkout has it)
 
     w = workload("cnn")
-    times = _interleaved({"plain": plain_fwd_bwd(w, "all"), "KFAC": ours_kfac(w, "all")}, 3)
+    times = _timed({"plain": plain_fwd_bwd(w, "all"), "KFAC": ours_kfac(w, "all")}, 3)
     return {"ratio": _pair_ratio(times, "KFAC", "plain"), "times_s": times}
 
 

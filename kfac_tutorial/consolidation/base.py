@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..curvature import FisherType, Likelihood, Storage, WeightSharing, estimate
+from ..curvature import FisherType, Likelihood, WeightSharing, estimate
 from ..curvature.estimate import Estimate
 from ..curvature.distributed import group_for, world_size
 from ..curvature.flavours import parse_enum
@@ -137,8 +137,6 @@ class Consolidation:
         likelihood = parse_enum(Likelihood, likelihood, "likelihood")
         if weight_sharing not in WeightSharing.CHOICES:
             raise ValueError(f"weight_sharing={weight_sharing!r} is not valid; choose one of {WeightSharing.CHOICES}")
-        if storage not in Storage.CHOICES:
-            raise ValueError(f"storage={storage!r} is not valid; choose one of {Storage.CHOICES}")
         if not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         check_damping(damping)

@@ -311,7 +311,7 @@ class DiagonalInputFactors(LayerFactors):
         rows = self._rows()
         D = dW.index_select(0, rows)
         a = self.A.to(dW.dtype).index_select(0, rows)
-        G = (unpack_triu(self.G) if self.G_packed else self.G).to(dW.dtype)
+        G = self._working()[1].to(dW.dtype)
         if self.G_root:  # Σ_v a_v ‖ΔW_v R_G‖²
             Y = (a.sqrt().unsqueeze(1) * D) @ G
             return (Y * Y).sum()

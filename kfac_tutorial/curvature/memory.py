@@ -20,12 +20,13 @@ Sizes of the usual KFAC storage, for orientation (``b`` bytes per number):
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
+
+from .storage import triu_side
 
 if TYPE_CHECKING:  # pandas is imported when a report is made, not with the package
     import pandas as pd
@@ -57,7 +58,7 @@ def _describe_factor(f, field: str, t: Tensor) -> str:
     if getattr(f, f"{field}_root", False):
         return f"{field} root {_shape(t)}"
     if getattr(f, f"{field}_packed", False):  # upper triangle of a d × d factor
-        return f"{field} packed triu ({(math.isqrt(8 * t.numel() + 1) - 1) // 2})"
+        return f"{field} packed triu ({triu_side(t.numel())})"
     if t.dim() == 1:
         return f"{field} diag({t.numel()})"
     return f"{field} {_shape(t)}"

@@ -169,9 +169,7 @@ def probe_calls(
         if vector is not None
         else torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
     )
-    covered = {n for pair in plan.kronecker.values() for n in pair if n is not None}
-    covered |= {pname for pairs in plan.hook_diag.values() for _, pname in pairs}
-    names = sorted(covered)
+    names = _covered_names(plan)
     params = [plan.params[n] for n in names]
     unknown = [c for c in calls if _needs_probe(c, batch_size, aligned_cache)]
     rest = [c for c in calls if not _needs_probe(c, batch_size, aligned_cache)]
@@ -198,6 +196,13 @@ def probe_calls(
                         g1 = g0 + g1
                 reused[id(p.call)] = g1 if g1 is not None else g0
     return prepared, bad, reused
+
+
+def _covered_names(plan: Plan) -> list[str]:
+    """The parameters whose gradients the recorded calls should explain (Kronecker layers'
+    weights and biases, hook-based diagonal entries), sorted."""
+    covered = {n for pair in plan.kronecker.values() for n in pair if n is not None}
+    return sorted(covered | {pname for pairs in plan.hook_diag.values() for _, pname in pairs})
 
 
 def _unexplained(plan: Plan, names: list[str], true, prepared: list[Prepared], call_grads: dict) -> set[str]:
@@ -245,10 +250,7 @@ def _unexplained(plan: Plan, names: list[str], true, prepared: list[Prepared], c
 def unexplained_parameters(plan: Plan, prepared: list[Prepared], outputs: Tensor, generator: torch.Generator) -> set[str]:
     """The explained-gradient check on its own (one backward pass of a random normal
     vector); :func:`probe_calls` does it from the alignment passes."""
-    names = sorted(
-        {n for pair in plan.kronecker.values() for n in pair if n is not None}
-        | {pname for pairs in plan.hook_diag.values() for _, pname in pairs}
-    )
+    names = _covered_names(plan)
     if not names:
         return set()
     v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
